@@ -1,0 +1,175 @@
+"""One function per CLI verb. Torch-free at import: each function imports the stage it needs.
+
+The CLI (``edgeprompt.cli``) only parses options, calls these and renders the returned dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from edgeprompt.config import TuneConfig
+from edgeprompt.errors import ConfigError
+from edgeprompt.progress import NullReporter, Reporter
+
+
+def _prepare_workdir(out: Path, resolved: dict[str, Any], overwrite: bool) -> Path:
+    """``OUT.partial`` for an unfinished run: kept when its config matches (resume), recreated otherwise."""
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists: pass --overwrite, or choose another --out")
+    work = out.with_name(out.name + ".partial")
+    cfg_path = work / "config.json"
+    if work.is_dir():
+        same = cfg_path.is_file() and json.loads(cfg_path.read_text()) == resolved
+        if not same:
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not cfg_path.is_file():
+        from edgeprompt.fileio import atomic_write_json
+
+        atomic_write_json(cfg_path, resolved)
+    return work
+
+
+def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Tune ``cfg.method`` on a labeled folder and write the run directory ``cfg.out`` (atomically).
+
+    Returns a summary: run directory, sample counts, final metrics, validation accuracy, time.
+    """
+    import torch
+
+    from edgeprompt.artifact import SPLIT_FILE, save_state
+    from edgeprompt.backbone import create_backbone
+    from edgeprompt.data import apply_noise, load_labeled, parse_noise, sample_few_shot
+    from edgeprompt.data.folder import match_classes
+    from edgeprompt.fileio import atomic_write_json
+    from edgeprompt.manifest import Manifest
+    from edgeprompt.methods import create_method
+    from edgeprompt.methods.base import build_config
+    from edgeprompt.train.cache import AugmentSpec, FeatureCache
+    from edgeprompt.train.trainer import EvalSet, TrainSet, fit, resolve_device
+
+    rep = reporter or NullReporter()
+    t_start = time.perf_counter()
+    cfg.train_cfg.validate()
+    method_cfg = build_config(cfg.method, dict(cfg.method_options))  # unknown method/options fail before any work
+    noise = parse_noise(cfg.noise)
+    data = load_labeled(cfg.train, strict=cfg.strict, classnames_file=cfg.classnames_file,
+                        progress=rep.task("checking images"))
+    few = sample_few_shot(data, cfg.shots, cfg.train_cfg.seed)
+    given, clean = apply_noise(few.labels, few.num_classes, noise, cfg.train_cfg.seed, few.classnames)
+    val = None
+    if cfg.val:
+        val = match_classes(few.classnames, load_labeled(cfg.val, strict=cfg.strict), "validation set")
+
+    out = Path(cfg.out)
+    resolved = cfg.to_dict() | {"method_options": asdict(method_cfg)}
+    work = _prepare_workdir(out, resolved, cfg.overwrite)
+
+    torch.manual_seed(cfg.train_cfg.seed)
+    device = resolve_device(cfg.train_cfg.device)
+    backbone = create_backbone(cfg.model, cfg.pretrained, device)
+    method = create_method(cfg.method, backbone, list(few.classnames), **asdict(method_cfg)).to(device)
+    cache = FeatureCache(backbone, cfg.cache_dir)
+    tokens = method.needs_tokens
+    pooled, tok = cache.features(few.paths, AugmentSpec(views=cfg.views), tokens, rep.task("encoding train views"))
+    eval_pooled, eval_tok = cache.features(few.paths, None, tokens, rep.task("encoding train (centre)"))
+    val_set = None
+    if val is not None:
+        vp, vt = cache.features(val.paths, None, tokens, rep.task("encoding validation"))
+        val_set = EvalSet(vp, torch.tensor(val.labels), vt)
+    train_set = TrainSet(pooled, torch.tensor(given), tok, torch.tensor(few.labels), eval_pooled, eval_tok)
+
+    tick = rep.task(f"tuning {cfg.method}")
+    epochs = cfg.train_cfg.epochs if method.trainable else 0
+
+    def on_epoch(rec: dict[str, Any]) -> None:
+        tick(rec["epoch"], epochs, **{k: v for k, v in rec.items() if k in ("loss", "train_acc", "val_acc")})
+
+    history = fit(method, train_set, cfg.train_cfg, work, val_set, on_epoch) if epochs else []
+    (work / "checkpoint.pt").unlink(missing_ok=True)
+    (work / "metrics.jsonl").touch()
+    files = save_state(method, work)
+    atomic_write_json(work / SPLIT_FILE, {
+        "root": str(few.root) if few.root else None,
+        "paths": [str(p) for p in few.paths],
+        "given_labels": given,
+        "true_labels": list(few.labels),
+        "noise": str(noise),
+    })
+    manifest = Manifest(
+        kind="run", method=cfg.method, backbone=backbone.ref, classnames=few.classnames,
+        preprocess=backbone.preprocess, logit_scale=backbone.logit_scale, files=files,
+        extra={"method_config": asdict(method_cfg), "noise": str(noise), "shots": cfg.shots,
+               "n_train": len(few), "n_flipped": int(sum(not c for c in clean)), "seed": cfg.train_cfg.seed},
+    )
+    manifest.write(work)
+    if out.exists():  # overwrite was asked for; the new run is complete, so replace the old one now
+        shutil.rmtree(out)
+    work.rename(out)
+    final = history[-1] if history else {}
+    return {
+        "run_dir": str(out), "method": cfg.method, "model": cfg.model, "pretrained": cfg.pretrained,
+        "classes": few.num_classes, "n_train": len(few), "n_flipped": int(sum(not c for c in clean)),
+        "noise": str(noise), "epochs": len(history), "final_loss": final.get("loss"),
+        "val_acc": final.get("val_acc"), "skipped_files": len(data.skipped),
+        "cache": {"hits": cache.hits, "misses": cache.misses}, "time_s": round(time.perf_counter() - t_start, 2),
+    }
+
+
+def evaluate(run_dir: str | Path, test: str | Path | None = None, *, on_train: bool = False,
+             strict: bool = False, cache_dir: str | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Top-1, per-class accuracy and confusion matrix of a run on ``test`` (a labeled folder or CSV).
+
+    With ``on_train``, evaluates on the run's own tuning samples instead and adds accuracy on clean and on flipped
+    samples separately (against the true labels).
+    """
+    import numpy as np
+    import torch
+
+    from edgeprompt.artifact import SPLIT_FILE, load_run
+    from edgeprompt.data import load_labeled
+    from edgeprompt.data.folder import match_classes
+    from edgeprompt.train.cache import FeatureCache
+    from edgeprompt.train.evaluate import classification_report, noisy_train_report
+    from edgeprompt.train.trainer import predict
+
+    rep = reporter or NullReporter()
+    if (test is None) == (not on_train):
+        raise ConfigError("pass a TEST_DIR, or --train to evaluate on the run's tuning samples (not both)")
+    run = load_run(run_dir, device="cuda" if torch.cuda.is_available() else "cpu")
+    classnames = list(run.manifest.classnames)
+    if on_train:
+        split = json.loads((Path(run_dir) / SPLIT_FILE).read_text())
+        paths = [Path(p) for p in split["paths"]]
+        target = np.array(split["true_labels"])
+        given = np.array(split["given_labels"])
+    else:
+        data = match_classes(classnames, load_labeled(test, strict=strict), "test set")  # type: ignore[arg-type]
+        paths, target, given = list(data.paths), np.array(data.labels), None
+    cache = FeatureCache(run.backbone, cache_dir)
+    pooled, tokens = cache.features(paths, None, run.method.needs_tokens, rep.task("encoding"))
+    pred = predict(run.method, pooled.to(run.backbone.model.logit_scale.device), tokens).argmax(-1).numpy()
+    report = classification_report(pred, target, classnames)
+    report.update(run_dir=str(run_dir), method=run.manifest.method, split="train" if on_train else str(test))
+    if given is not None:
+        report["noisy"] = noisy_train_report(pred, given, target)
+    return report
+
+
+def models() -> dict[str, Any]:
+    """Registered methods (with options) and backbones (open_clip names with known pretrained tags)."""
+    import dataclasses
+
+    from edgeprompt.backbone import list_backbones
+    from edgeprompt.methods import METHODS, list_methods
+
+    methods = {}
+    for name, doc in list_methods().items():
+        cls = METHODS.get(name).Config
+        methods[name] = {"help": doc, "options": {f.name: f.default for f in dataclasses.fields(cls)}}
+    return {"methods": methods, "backbones": list_backbones()}

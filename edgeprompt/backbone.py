@@ -1,0 +1,240 @@
+"""The frozen CLIP: open_clip model creation, freezing, image/text encoders and the preprocessing spec.
+
+``create_backbone(model, pretrained)`` accepts any open_clip model name plus
+
+- a pretrained *tag* (``openai``, ``laion2b_s34b_b79k`` …), downloaded by open_clip on a machine with network;
+- a local checkpoint path (``.pt``, ``.bin``, ``.safetensors``) or ``local-dir:PATH``;
+- ``shapes`` for the shipped ``edgeprompt-tiny`` model (offline, package data);
+- ``none`` for random weights (tests and speed benchmarks only).
+
+Frozen for real: every parameter has ``requires_grad=False``, the model stays in eval mode even when a parent
+module calls ``.train()``, and image encoding runs under ``torch.no_grad``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeprompt.errors import ConfigError
+from edgeprompt.manifest import BackboneRef, PreprocessSpec
+from edgeprompt.registry import suggest
+from edgeprompt.text_encoder import TextEncoder
+
+log = logging.getLogger(__name__)
+
+RANDOM_TAGS = ("none", "random")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def _register_tiny() -> None:
+    try:
+        from edgeprompt.world import tiny
+    except ImportError:  # the offline world is optional for the backbone itself
+        return
+    tiny.register()
+
+
+def list_backbones() -> dict[str, list[str]]:
+    """Model name -> known pretrained tags (open_clip's hub tags plus edgeprompt's shipped weights)."""
+    import open_clip
+
+    _register_tiny()
+    out: dict[str, list[str]] = {name: [] for name in open_clip.list_models()}
+    for name, tag in open_clip.list_pretrained():
+        out.setdefault(name, []).append(tag)
+    try:
+        from edgeprompt.world.tiny import TINY_PRETRAINED
+    except ImportError:
+        TINY_PRETRAINED = {}
+    for name, tags in TINY_PRETRAINED.items():
+        out.setdefault(name, []).extend(t for t in tags if t not in out[name])
+    return out
+
+
+def _looks_like_path(p: str) -> bool:
+    return p.startswith("local-dir:") or os.sep in p or p.endswith(_CHECKPOINT_SUFFIXES) or Path(p).exists()
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the state dict (names, dtypes, shapes, bytes): identifies the weights whatever their source."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _build_open_clip(model: str, pretrained: str | None) -> nn.Module:
+    import open_clip
+
+    _register_tiny()
+    names = open_clip.list_models()
+    if model not in names:
+        raise ConfigError(f"unknown model {model!r}.{suggest(model, names)} See `edgeprompt models` for the list")
+    tag = (pretrained or "none").strip()
+    if tag.lower() in RANDOM_TAGS:
+        log.warning("model %s built with RANDOM weights (pretrained=%s): accuracy is meaningless", model, tag)
+        return open_clip.create_model(model, pretrained=None)
+    try:
+        from edgeprompt.world.tiny import TINY_PRETRAINED, load_tiny_state_dict
+    except ImportError:
+        TINY_PRETRAINED = {}
+    if tag in TINY_PRETRAINED.get(model, {}):
+        m = open_clip.create_model(model, pretrained=None)
+        m.load_state_dict(load_tiny_state_dict(model, tag), strict=True)
+        return m
+    if _looks_like_path(tag):
+        path = tag.removeprefix("local-dir:")
+        if not Path(path).exists():
+            raise ConfigError(f"checkpoint {path} does not exist: pass an existing .pt/.bin/.safetensors file")
+        try:
+            return open_clip.create_model(model, pretrained=tag)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ConfigError(f"checkpoint {path} does not fit model {model!r} ({str(e).splitlines()[0][:200]})") from e
+    tags = [t for n, t in open_clip.list_pretrained() if n == model]
+    if tag not in tags:
+        raise ConfigError(
+            f"unknown pretrained tag {tag!r} for {model}.{suggest(tag, tags)} "
+            f"Known tags: {', '.join(tags) or 'none'}; or pass a local checkpoint path"
+        )
+    try:
+        return open_clip.create_model(model, pretrained=tag)
+    except Exception as e:  # network errors come in many types (requests, urllib, huggingface_hub)
+        raise ConfigError(
+            f"could not download weights {model}/{tag} ({type(e).__name__}); without network, pass a local "
+            f"checkpoint path: --pretrained /path/to/open_clip_model.safetensors"
+        ) from e
+
+
+class FrozenCLIP(nn.Module):
+    """A frozen open_clip CLIP with the pieces prompt tuning needs.
+
+    Attributes:
+        model: the open_clip model (frozen, eval mode).
+        text: :class:`TextEncoder` over prompt embeddings (plain, truncated and prefix-shared paths).
+        preprocess: the :class:`PreprocessSpec` of the model's eval transform.
+        ref: :class:`BackboneRef` (name, pretrained tag/path, weights hash).
+    """
+
+    def __init__(self, model: nn.Module, name: str, pretrained: str | None) -> None:
+        super().__init__()
+        import open_clip
+
+        model.requires_grad_(False)
+        model.eval()
+        self.model = model
+        self.name = name
+        tower = model.text if hasattr(model, "text") else model
+        self.text = TextEncoder(tower)
+        self.tokenizer = open_clip.get_tokenizer(name)
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
+        self.preprocess = PreprocessSpec(
+            image_size=int(size),
+            resize=str(cfg.get("resize_mode", "shortest")),
+            interpolation=str(cfg.get("interpolation", "bicubic")),
+            mean=tuple(float(v) for v in cfg["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in cfg["std"]),  # type: ignore[arg-type]
+        )
+        self.ref = BackboneRef(model=name, pretrained=pretrained, weights_sha256=weights_fingerprint(model))
+        self.register_buffer("_mean", torch.tensor(self.preprocess.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.preprocess.std).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> FrozenCLIP:
+        """Frozen means frozen: the wrapped model stays in eval mode whatever the parent asks."""
+        super().train(False)
+        return self
+
+    # --- image side -------------------------------------------------------------------------------------------
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[-1]) if self.model.text_projection is not None else self.text.width
+
+    @property
+    def logit_scale(self) -> float:
+        """exp(logit_scale), CLIP's inverse temperature (100 for OpenAI weights)."""
+        return float(self.model.logit_scale.exp().item())
+
+    @property
+    def has_patch_tokens(self) -> bool:
+        return hasattr(self.model.visual, "output_tokens")
+
+    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> CLIP-normalised input."""
+        return (pixels - self._mean) / self._std
+
+    @torch.no_grad()
+    def encode_image(
+        self, images: torch.Tensor, with_tokens: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Pooled image embeddings (B, E), not normalised; with ``with_tokens`` also patch tokens (B, T, E).
+
+        ``images`` are already CLIP-normalised. Patch tokens are the ViT's final tokens (after ``ln_post``),
+        projected with the visual projection into the joint embedding space so they live where the pooled
+        embedding lives. Only ViT towers expose them.
+        """
+        visual = self.model.visual
+        if not with_tokens:
+            return visual(images)
+        if not self.has_patch_tokens:
+            raise ConfigError(f"{self.name} has no patch tokens (only ViT image towers do): use a ViT backbone, "
+                              f"or VisPrompt's pooled key/value option (--kv pooled)")
+        visual.output_tokens = True
+        try:
+            pooled, tokens = visual(images)
+        finally:
+            visual.output_tokens = False
+        proj = getattr(visual, "proj", None)
+        if proj is not None and tokens.shape[-1] == proj.shape[0]:
+            tokens = tokens @ proj
+        return pooled, tokens
+
+    # --- text side --------------------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids (N, 77) from open_clip's tokenizer."""
+        return self.tokenizer(texts).to(self.model.logit_scale.device)
+
+    def eot_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Index of the end-of-text token: the largest id for CLIP's BPE vocabulary (open_clip's 'argmax' pooling)."""
+        eos = getattr(self.model, "text_eos_id", None)
+        if getattr(self.model, "text_pool_type", "argmax") == "eos" and eos is not None:
+            return (tokens == eos).int().argmax(dim=-1)
+        return tokens.argmax(dim=-1)
+
+    @torch.no_grad()
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (N, 77, D) — constants for the prompt learners."""
+        return self.text.token_embedding(tokens)
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Reference text features (N, E) for plain strings, not normalised (open_clip's own ``encode_text``)."""
+        return self.model.encode_text(self.tokenize(texts))
+
+
+@lru_cache(maxsize=4)
+def _cached(model: str, pretrained: str | None) -> FrozenCLIP:
+    return FrozenCLIP(_build_open_clip(model, pretrained), model, pretrained)
+
+
+def create_backbone(model: str, pretrained: str | None, device: str | torch.device = "cpu") -> FrozenCLIP:
+    """Build (or reuse, within a process) the frozen CLIP ``model`` with weights ``pretrained`` on ``device``."""
+    return _cached(model, pretrained).to(device)
+
+
+def cosine_logits(image_features: torch.Tensor, text_features: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * <f̂, ĝ>``: (B, E) x (C, E) -> (B, C), or per-image text (B, C, E) -> (B, C)."""
+    img = F.normalize(image_features.float(), dim=-1)
+    txt = F.normalize(text_features.float(), dim=-1)
+    if txt.dim() == 3:
+        return scale * torch.einsum("be,bce->bc", img, txt)
+    return scale * img @ txt.t()

@@ -1,0 +1,1 @@
+"""The ``edgeprompt`` command line: thin typer commands over ``edgeprompt.api`` (torch-free at import)."""

@@ -1,0 +1,142 @@
+"""Workstation commands: tune, eval, models, data. Each parses options, calls one api function, renders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgeprompt.cli.ui import command, emit, pct, reporter, table
+
+JSON = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` method options; values are parsed as JSON when they can be (numbers, true/false)."""
+    from edgeprompt.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--opt {item!r}: expected KEY=VALUE, e.g. --opt n_ctx=4")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _render_tune(r: dict[str, Any]) -> None:
+    rows = [[k, v] for k, v in r.items() if k not in ("cache",)]
+    table(f"tuned {r['method']} -> {r['run_dir']}", ["name", "value"], rows)
+
+
+def tune(
+    train: Annotated[Path, typer.Argument(help="Labeled folder (root/<class>/images) or CSV manifest (path,label).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.", rich_help_panel="Run")],
+    method: Annotated[str, typer.Option("--method", "-m", help="zeroshot | coop | dspt | visprompt (see `edgeprompt models`).", rich_help_panel="Method")] = "dspt",
+    loss: Annotated[str | None, typer.Option(help="CoOp's loss: ce | gce | mae.", rich_help_panel="Method")] = None,
+    gce_q: Annotated[float | None, typer.Option(help="GCE's q (default 0.7).", rich_help_panel="Method")] = None,
+    n_ctx: Annotated[int | None, typer.Option(help="Context tokens M (default 16).", rich_help_panel="Method")] = None,
+    ctx_init: Annotated[str | None, typer.Option(help="Initialise the context from words, e.g. 'a photo of a'.", rich_help_panel="Method")] = None,
+    position: Annotated[str | None, typer.Option(help="Class token position: end | middle | front.", rich_help_panel="Method")] = None,
+    csc: Annotated[bool | None, typer.Option("--csc/--shared-ctx", help="Class-specific context.", rich_help_panel="Method")] = None,
+    opt: Annotated[list[str] | None, typer.Option("--opt", help="Any method option as KEY=VALUE (repeatable).", rich_help_panel="Method")] = None,
+    model: Annotated[str, typer.Option(help="open_clip model name.", rich_help_panel="Backbone")] = "edgeprompt-tiny",
+    pretrained: Annotated[str, typer.Option(help="Pretrained tag (downloads), local checkpoint path, 'shapes' for the shipped tiny model, or 'none'.", rich_help_panel="Backbone")] = "shapes",
+    shots: Annotated[int, typer.Option(help="Samples per class (0 = all).", rich_help_panel="Data")] = 16,
+    noise: Annotated[str, typer.Option(help="Synthetic label noise: none | sym:R | asym:R | map:FILE:R.", rich_help_panel="Data")] = "none",
+    val: Annotated[Path | None, typer.Option(help="Validation folder, evaluated every --eval-every epochs.", rich_help_panel="Data")] = None,
+    classnames: Annotated[Path | None, typer.Option(help="File with one class name per line (sorted folder order).", rich_help_panel="Data")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail on unreadable images instead of skipping them.", rich_help_panel="Data")] = False,
+    views: Annotated[int, typer.Option(help="Augmented views per image in the feature cache.", rich_help_panel="Data")] = 8,
+    epochs: Annotated[int, typer.Option(help="Training epochs.", rich_help_panel="Optimisation")] = 50,
+    batch_size: Annotated[int, typer.Option(help="Batch size.", rich_help_panel="Optimisation")] = 32,
+    optimizer: Annotated[str, typer.Option(help="sgd | adamw.", rich_help_panel="Optimisation")] = "sgd",
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).", rich_help_panel="Optimisation")] = 0.002,
+    seed: Annotated[int, typer.Option(help="Seed for shots, noise and training.", rich_help_panel="Optimisation")] = 0,
+    eval_every: Annotated[int, typer.Option(help="Validate every N epochs (0 = end only).", rich_help_panel="Optimisation")] = 5,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.", rich_help_panel="Optimisation")] = "auto",
+    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache (default $EDGEPROMPT_CACHE or ~/.cache/edgeprompt).", rich_help_panel="Run")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.", rich_help_panel="Run")] = False,
+    as_json: JSON = False,
+) -> None:
+    """Tune a prompt on a (partly mislabeled) labeled folder and write a run directory.
+
+    An interrupted run resumes when the same command is run again.
+
+    Example: edgeprompt tune data/train --method dspt --noise sym:0.5 --val data/val --out runs/dspt
+    """
+    from edgeprompt import api
+    from edgeprompt.config import TrainConfig, TuneConfig
+
+    options = {k: v for k, v in dict(loss=loss, gce_q=gce_q, n_ctx=n_ctx, ctx_init=ctx_init, position=position,
+                                     class_specific=csc).items() if v is not None}
+    options.update(parse_options(opt or []))
+    cfg = TuneConfig(
+        train=str(train), out=str(out), method=method, method_options=options, model=model, pretrained=pretrained,
+        shots=shots, noise=noise, val=str(val) if val else None, views=views,
+        cache_dir=str(cache_dir) if cache_dir else None, strict=strict,
+        classnames_file=str(classnames) if classnames else None, overwrite=overwrite,
+        train_cfg=TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, seed=seed,
+                              eval_every=eval_every, device=device),
+    )
+    with reporter() as rep:
+        result = api.tune(cfg, rep)
+    emit(result, as_json, _render_tune)
+
+
+def _render_eval(r: dict[str, Any]) -> None:
+    rows = [[name, pct(acc)] for name, acc in r["per_class"].items()]
+    table(f"{r['method']} on {r['split']}: top-1 {pct(r['top1'])} % (n={r['n']})", ["class", "acc %"], rows)
+    if "noisy" in r:
+        nz = r["noisy"]
+        table("tuning samples (against true labels)", ["name", "value"], [
+            ["clean samples", nz["n_clean"]], ["acc on clean %", pct(nz["acc_clean"])],
+            ["flipped samples", nz["n_flipped"]], ["acc on flipped %", pct(nz["acc_flipped"])],
+            ["flipped memorised %", pct(nz["memorized_flipped"])],
+        ])
+
+
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory from `edgeprompt tune`.")],
+    test: Annotated[Path | None, typer.Argument(help="Labeled test folder or CSV (classes must match the run's).")] = None,
+    train: Annotated[bool, typer.Option("--train", help="Evaluate on the run's own tuning samples; reports clean and flipped samples apart.")] = False,
+    strict: Annotated[bool, typer.Option(help="Fail on unreadable images.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache directory.")] = None,
+    as_json: JSON = False,
+) -> None:
+    """Top-1, per-class accuracy and confusion matrix of a tuned run."""
+    from edgeprompt import api
+
+    with reporter() as rep:
+        result = api.evaluate(run_dir, test, on_train=train, strict=strict,
+                              cache_dir=str(cache_dir) if cache_dir else None, reporter=rep)
+    emit(result, as_json, _render_eval)
+
+
+def models(as_json: JSON = False, all_models: Annotated[bool, typer.Option("--all", help="List every open_clip model, also those without known weights.")] = False) -> None:
+    """List the methods (with their options) and the backbones (open_clip models and pretrained tags)."""
+    from edgeprompt import api
+
+    result = api.models()
+    if not all_models:
+        result["backbones"] = {k: v for k, v in result["backbones"].items() if v}
+
+    def render(r: dict[str, Any]) -> None:
+        table("methods", ["method", "description", "options"],
+              [[k, v["help"], ", ".join(f"{o}={d!r}" for o, d in v["options"].items())] for k, v in r["methods"].items()])
+        table("backbones (--model / --pretrained)", ["name", "pretrained tags"],
+              [[k, ", ".join(v)] for k, v in sorted(r["backbones"].items())])
+
+    emit(result, as_json, render)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the workstation commands to ``app``."""
+    app.command(rich_help_panel="Tune")(command(tune))
+    app.command("eval", rich_help_panel="Tune")(command(evaluate))
+    app.command(rich_help_panel="Info")(command(models))

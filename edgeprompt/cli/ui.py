@@ -1,0 +1,139 @@
+"""Terminal rendering: progress bars and messages on stderr, tables on stdout, ``--json`` as the last stdout line."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import typer
+
+from edgeprompt.errors import EdgePromptError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _console(stderr: bool = True):  # noqa: ANN202 - rich imported lazily
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+class RichReporter:
+    """A :class:`edgeprompt.progress.Reporter` drawing one rich progress bar per task on stderr."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+
+    def task(self, description: str) -> Callable[..., None]:
+        task_id = None
+
+        def tick(done: int, total: int, **fields: Any) -> None:
+            nonlocal task_id
+            extra = "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+            if task_id is None:
+                task_id = self.progress.add_task(description, total=total, extra=extra)
+            self.progress.update(task_id, completed=done, total=total, extra=extra)
+
+        return tick
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(text)
+
+
+@contextlib.contextmanager
+def reporter() -> Iterator[RichReporter]:
+    """Progress bars on stderr for the duration of a command (plain lines when stderr is not a terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = _console()
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), TextColumn("{task.fields[extra]}"), console=console, transient=False,
+        disable=not console.is_terminal,
+    )
+    with progress:
+        yield RichReporter(progress)
+
+
+class _OneLineHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        level = record.levelname.lower()
+        print(f"{level}: {record.getMessage()}", file=sys.stderr)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Warnings (and with --verbose, info) from the library as one line each on stderr."""
+    root = logging.getLogger("edgeprompt")
+    if not any(isinstance(h, _OneLineHandler) for h in root.handlers):
+        root.addHandler(_OneLineHandler())
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.propagate = False
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights" warning is ours to give
+
+
+def command(fn: F) -> F:
+    """Turn EdgePromptError into one line on stderr and exit code 2; Ctrl-C into a resume hint."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        setup_logging()
+        try:
+            return fn(*args, **kwargs)
+        except EdgePromptError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: run the same command again to resume where it stopped", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit(result: Any, as_json: bool, render: Callable[[Any], None] | None = None) -> None:
+    """Render for a person (stdout, or stderr under --json) and, with ``as_json``, one JSON object as the last
+    stdout line."""
+    if render is not None:
+        if as_json:
+            with contextlib.redirect_stdout(sys.stderr):
+                render(result)
+        else:
+            render(result)
+    if as_json:
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+        sys.stdout.flush()
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """A rich table on stdout."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, justify="right" if c not in ("method", "class", "backend", "name", "noise") else "left")
+    for r in rows:
+        t.add_row(*[fmt(v) for v in r])
+    _console(stderr=False).print(t)
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) >= 1 or v == 0 else f"{v:.3f}"
+    return str(v)
+
+
+def pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"

@@ -1,0 +1,252 @@
+"""Index a labeled image folder (``root/<class>/…``) or a CSV manifest (``path,label``).
+
+Images are checked once here (header + full decode) so that a corrupt file is reported by name before any
+tuning starts: skipped with a warning, or fatal with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeprompt.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+
+
+@dataclass(frozen=True)
+class LabeledSet:
+    """Image paths with integer labels into ``classnames`` (display names, underscores already spaces)."""
+
+    paths: tuple[Path, ...]
+    labels: tuple[int, ...]
+    classnames: tuple[str, ...]
+    root: Path | None = None
+    skipped: tuple[tuple[str, str], ...] = field(default=())  # (file, reason) for problems that were skipped
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def subset(self, indices: Sequence[int]) -> LabeledSet:
+        """The samples at ``indices``, same class list."""
+        return LabeledSet(
+            paths=tuple(self.paths[i] for i in indices),
+            labels=tuple(self.labels[i] for i in indices),
+            classnames=self.classnames,
+            root=self.root,
+            skipped=self.skipped,
+        )
+
+    def counts(self) -> list[int]:
+        """Number of samples per class."""
+        out = [0] * self.num_classes
+        for y in self.labels:
+            out[y] += 1
+        return out
+
+
+def display_name(folder_name: str) -> str:
+    """Folder name -> class name shown in prompts: underscores become spaces."""
+    return folder_name.replace("_", " ").strip()
+
+
+def is_image_file(path: Path) -> bool:
+    """A visible file with a common image extension (any case)."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def check_image(path: Path) -> str | None:
+    """None when ``path`` decodes as an image, else a short reason."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()  # structure check; a truncated file can still pass this …
+        with Image.open(path) as im:
+            im.load()  # … so decode the pixels too
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"not a readable image ({type(e).__name__}: {e})"
+    return None
+
+
+def _visible(p: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in p.relative_to(root).parts)
+
+
+def _handle_problem(problems: list[tuple[str, str]], path: Path | str, reason: str, strict: bool) -> None:
+    if strict:
+        raise DataError(f"{path}: {reason} (remove it, or drop --strict to skip such files with a warning)")
+    log.warning("skipping %s: %s", path, reason)
+    problems.append((str(path), reason))
+
+
+def read_classnames_file(path: str | Path) -> list[str]:
+    """One class name per line (blank lines and '#' comments ignored)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"class-names file {p} does not exist")
+    names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if len(set(names)) != len(names):
+        raise DataError(f"class-names file {p} lists a class twice")
+    return names
+
+
+def load_folder(
+    root: str | Path,
+    *,
+    strict: bool = False,
+    classnames: Sequence[str] | None = None,
+    check_images: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> LabeledSet:
+    """Index ``root/<class>/**/<image>``: nested folders allowed, hidden files and folders ignored.
+
+    Args:
+        root: folder with one sub-folder per class. Folder names become class names (``_`` → space), in sorted order.
+        strict: make unreadable images and non-image files fatal instead of skipped with a warning.
+        classnames: optional display names replacing the folder-derived ones, in sorted folder order.
+        check_images: decode every image once to catch corrupt files early.
+        progress: called as ``progress(done, total)`` while images are checked.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a directory: pass a folder with one sub-folder per class")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{root} has no class sub-folders: expected {root}/<class name>/<images>")
+    problems: list[tuple[str, str]] = []
+    files: list[tuple[Path, int]] = []
+    kept_dirs: list[Path] = []
+    for d in class_dirs:
+        entries = sorted(p for p in d.rglob("*") if p.is_file() and _visible(p, root))
+        images = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
+        for other in (p for p in entries if p.suffix.lower() not in IMAGE_EXTENSIONS):
+            _handle_problem(problems, other, "not an image file (unknown extension)", strict)
+        if not images:
+            msg = f"class folder {d} has no images"
+            if strict:
+                raise DataError(msg + " (add images or remove the folder)")
+            log.warning("%s; ignoring that class", msg)
+            problems.append((str(d), "empty class folder"))
+            continue
+        files.extend((p, len(kept_dirs)) for p in images)
+        kept_dirs.append(d)
+    names = [display_name(d.name) for d in kept_dirs]
+    if classnames is not None:
+        if len(classnames) != len(class_dirs):
+            raise DataError(f"{len(classnames)} class names given for {len(class_dirs)} class folders in {root}")
+        keep = {d.name for d in kept_dirs}
+        names = [n for n, d in zip(classnames, class_dirs, strict=True) if d.name in keep]
+    paths, labels = _check_all(files, problems, strict, check_images, progress)
+    if len(names) < 2:
+        raise DataError(f"{root} has {len(names)} usable class(es): a classifier needs at least 2")
+    return LabeledSet(tuple(paths), tuple(labels), tuple(names), root, tuple(problems))
+
+
+def _check_all(
+    files: list[tuple[Path, int]],
+    problems: list[tuple[str, str]],
+    strict: bool,
+    check_images: bool,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[Path], list[int]]:
+    paths: list[Path] = []
+    labels: list[int] = []
+    for i, (p, y) in enumerate(files):
+        reason = check_image(p) if check_images else None
+        if reason:
+            _handle_problem(problems, p, reason, strict)
+        else:
+            paths.append(p)
+            labels.append(y)
+        if progress:
+            progress(i + 1, len(files))
+    return paths, labels
+
+
+def load_csv(
+    path: str | Path,
+    *,
+    classnames: Sequence[str] | None = None,
+    strict: bool = False,
+    check_images: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> LabeledSet:
+    """Read a ``path,label`` CSV (header optional; relative paths are relative to the CSV's folder).
+
+    Labels are class names (or folder-style names with underscores). With ``classnames`` given, a label outside that
+    list is an error; otherwise the classes are the sorted set of labels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"CSV manifest {path} does not exist")
+    with path.open(newline="") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    if not rows:
+        raise DataError(f"CSV manifest {path} has no rows: expected lines of 'path,label'")
+    for n, r in enumerate(rows, start=1):
+        if len(r) < 2:
+            raise DataError(f"{path} row {n}: expected 'path,label', got {','.join(r)!r}")
+    raw = [(r[0].strip(), display_name(r[1])) for r in rows]
+    names = list(classnames) if classnames is not None else sorted({lab for _, lab in raw})
+    index = {n: i for i, n in enumerate(names)}
+    files: list[tuple[Path, int]] = []
+    problems: list[tuple[str, str]] = []
+    for n, (p, lab) in enumerate(raw, start=1):
+        if lab not in index:
+            raise DataError(f"{path} row {n}: unknown label {lab!r}; known classes: {', '.join(names)}")
+        fp = Path(p) if Path(p).is_absolute() else path.parent / p
+        if not fp.is_file():
+            _handle_problem(problems, fp, "file does not exist", strict)
+            continue
+        files.append((fp, index[lab]))
+    paths, labels = _check_all(files, problems, strict, check_images, progress)
+    if len(names) < 2:
+        raise DataError(f"{path} has {len(names)} class(es): a classifier needs at least 2")
+    return LabeledSet(tuple(paths), tuple(labels), tuple(names), path.parent, tuple(problems))
+
+
+def load_labeled(
+    source: str | Path,
+    *,
+    strict: bool = False,
+    classnames_file: str | Path | None = None,
+    check_images: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> LabeledSet:
+    """A folder or a ``.csv`` manifest, whichever ``source`` is."""
+    names = read_classnames_file(classnames_file) if classnames_file else None
+    source = Path(source)
+    if source.suffix.lower() == ".csv":
+        return load_csv(source, classnames=names, strict=strict, check_images=check_images, progress=progress)
+    return load_folder(source, strict=strict, classnames=names, check_images=check_images, progress=progress)
+
+
+def match_classes(train_classes: Sequence[str], test: LabeledSet, what: str = "test set") -> LabeledSet:
+    """Re-index ``test`` labels onto ``train_classes``; any mismatch of class sets is a DataError."""
+    if tuple(test.classnames) == tuple(train_classes):
+        return test
+    extra = sorted(set(test.classnames) - set(train_classes))
+    missing = sorted(set(train_classes) - set(test.classnames))
+    if extra:
+        raise DataError(
+            f"the {what} has classes the run was not tuned on: {', '.join(extra[:5])}"
+            f"{' …' if len(extra) > 5 else ''} (run classes: {', '.join(train_classes[:8])}…)"
+        )
+    if missing:
+        log.warning("the %s has no samples of: %s", what, ", ".join(missing))
+    index = {n: i for i, n in enumerate(train_classes)}
+    return LabeledSet(
+        test.paths, tuple(index[test.classnames[y]] for y in test.labels), tuple(train_classes), test.root, test.skipped
+    )

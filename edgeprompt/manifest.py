@@ -1,0 +1,217 @@
+"""The contracts between stages: ``manifest.json`` for run directories and export bundles.
+
+Torch-free. A run directory (output of ``tune``) and a bundle (output of ``export``) both hold a
+``manifest.json`` described by :class:`Manifest`; the bundle adds an :class:`IOSpec` naming the graph's
+inputs and outputs once, for the exporter, every runtime backend, the benchmarks and the tests.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeprompt.errors import ArtifactError
+from edgeprompt.fileio import atomic_write_json
+from edgeprompt.version import __version__
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+# Tensor names, defined once (house rule 5).
+INPUT_PIXELS = "pixels"
+OUTPUT_LOGITS = "logits"
+OUTPUT_PROBS = "probs"
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image becomes the graph's input. Mirrors open_clip's eval transform.
+
+    Steps: convert to RGB -> resize the shorter side to ``image_size`` (``interpolation``) -> centre crop
+    ``image_size`` x ``image_size`` -> float32 in [0, 1], CHW. Normalisation with ``mean``/``std`` happens
+    inside the exported graph (``normalize_in_graph``) or, for torch, right after.
+    """
+
+    image_size: int = 224
+    resize: str = "shortest"  # 'shortest' (keep aspect, then centre crop) or 'squash'
+    interpolation: str = "bicubic"  # 'bicubic' | 'bilinear' | 'nearest'
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    normalize_in_graph: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
+        d = dict(d)
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. ``shape`` uses the string 'batch' for the dynamic batch axis."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+    doc: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "doc": self.doc}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(name=d["name"], shape=tuple(d["shape"]), dtype=d.get("dtype", "float32"), doc=d.get("doc", ""))
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """Inputs and outputs of an exported classifier graph."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @classmethod
+    def classifier(cls, image_size: int, num_classes: int) -> IOSpec:
+        """The standard classifier I/O: RGB pixels in [0, 1] -> logits and probabilities."""
+        return cls(
+            inputs=(
+                TensorSpec(INPUT_PIXELS, ("batch", 3, image_size, image_size), "float32",
+                           "RGB, float32 in [0, 1], NCHW, resized + centre-cropped; normalisation is in the graph"),
+            ),
+            outputs=(
+                TensorSpec(OUTPUT_LOGITS, ("batch", num_classes), "float32", "scaled cosine similarities"),
+                TensorSpec(OUTPUT_PROBS, ("batch", num_classes), "float32", "softmax of logits"),
+            ),
+        )
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IOSpec:
+        return cls(
+            inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+        )
+
+
+@dataclass(frozen=True)
+class BackboneRef:
+    """Which frozen CLIP a run used: open_clip model name + pretrained tag or checkpoint, and a weights hash."""
+
+    model: str
+    pretrained: str | None
+    weights_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BackboneRef:
+        return cls(**d)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that matter, read from package metadata (imports nothing heavy)."""
+    from importlib import metadata
+
+    out = {"edgeprompt": __version__, "python": platform.python_version()}
+    for dist in ("torch", "open_clip_torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json`` of a run directory (``kind='run'``) or an export bundle (``kind='bundle'``)."""
+
+    kind: str  # 'run' | 'bundle'
+    method: str
+    backbone: BackboneRef
+    classnames: tuple[str, ...]
+    preprocess: PreprocessSpec
+    logit_scale: float
+    io: IOSpec | None = None
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    extra: dict[str, Any] = field(default_factory=dict)  # method config, export settings, parity numbers …
+    versions: dict[str, str] = field(default_factory=library_versions)
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "kind": self.kind,
+            "method": self.method,
+            "backbone": self.backbone.to_dict(),
+            "classnames": list(self.classnames),
+            "preprocess": self.preprocess.to_dict(),
+            "logit_scale": self.logit_scale,
+            "io": self.io.to_dict() if self.io else None,
+            "files": dict(self.files),
+            "extra": self.extra,
+            "versions": self.versions,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ArtifactError(
+                f"manifest schema version {d.get('schema_version')} is not supported by edgeprompt {__version__} "
+                f"(expects {SCHEMA_VERSION}): re-create it with this version"
+            )
+        return cls(
+            kind=d["kind"],
+            method=d["method"],
+            backbone=BackboneRef.from_dict(d["backbone"]),
+            classnames=tuple(d["classnames"]),
+            preprocess=PreprocessSpec.from_dict(d["preprocess"]),
+            logit_scale=float(d["logit_scale"]),
+            io=IOSpec.from_dict(d["io"]) if d.get("io") else None,
+            files=dict(d.get("files", {})),
+            extra=dict(d.get("extra", {})),
+            versions=dict(d.get("versions", {})),
+            created=d.get("created", ""),
+            schema_version=d["schema_version"],
+        )
+
+    def write(self, directory: str | Path) -> Path:
+        """Write ``manifest.json`` into ``directory`` atomically."""
+        return atomic_write_json(Path(directory) / MANIFEST_NAME, self.to_dict())
+
+    @classmethod
+    def read(cls, directory: str | Path) -> Manifest:
+        """Read ``directory/manifest.json``; a missing or corrupt file raises ArtifactError."""
+        path = Path(directory) / MANIFEST_NAME
+        if not path.is_file():
+            raise ArtifactError(f"{directory} has no {MANIFEST_NAME}: pass a run directory (from `edgeprompt tune`) "
+                                f"or a bundle (from `edgeprompt export`)")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ArtifactError(f"{path} is not a valid edgeprompt manifest ({e})") from e

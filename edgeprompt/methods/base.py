@@ -1,0 +1,134 @@
+"""The method interface: a module from cached frozen features to logits that owns its loss."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from edgeprompt.backbone import FrozenCLIP
+from edgeprompt.errors import ConfigError
+from edgeprompt.registry import Registry, suggest
+
+METHODS: Registry[type[PromptMethod]] = Registry("method")
+
+
+@dataclass
+class FeatureBatch:
+    """What a method sees for a batch of images.
+
+    Attributes:
+        pooled: (B, E) pooled image embeddings from the frozen image encoder (not normalised).
+        tokens: (B, T, E) patch tokens, only for methods with ``needs_tokens``.
+        index: (B,) positions of the samples in the training set (for per-sample state such as OT splits).
+    """
+
+    pooled: torch.Tensor
+    tokens: torch.Tensor | None = None
+    index: torch.Tensor | None = None
+
+
+class PromptMethod(nn.Module):
+    """Base class. Subclasses set ``name``, ``Config`` (a frozen dataclass) and implement ``forward``.
+
+    Contract:
+        - ``forward(batch) -> logits (B, C)``, already scaled by the logit scale;
+        - ``loss(logits, target, batch) -> {'loss': scalar, …}`` (the method owns its loss);
+        - ``trainable_parameters()`` is all the optimizer ever sees; the backbone stays frozen;
+        - ``text_features()`` returns the constant (C, E) class matrix when the text side does not depend on the
+          image (``foldable``), which is what export folds into the graph;
+        - ``epoch_start(ctx)`` runs before every epoch (VisPrompt's OT split) and returns metrics to log.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    needs_tokens: ClassVar[bool] = False
+    foldable: ClassVar[bool] = True
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, backbone: FrozenCLIP, classnames: list[str], cfg: Any) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.classnames = list(classnames)
+        self.cfg = cfg
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimizer updates (never the backbone's)."""
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trainable tensors, for the run directory (constants are rebuilt from the config)."""
+        names = {id(p): n for n, p in self.named_parameters()}
+        return {names[id(p)]: p.detach().cpu().contiguous() for p in self.trainable_parameters()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Strict load of :meth:`trainable_state_dict` output: missing or unexpected keys are errors."""
+        own = dict(self.named_parameters())
+        expected = set(self.trainable_state_dict())
+        if set(state) != expected:
+            raise ConfigError(f"trainable state mismatch: missing {sorted(expected - set(state))}, "
+                              f"unexpected {sorted(set(state) - expected)}")
+        with torch.no_grad():
+            for k, v in state.items():
+                if own[k].shape != v.shape:
+                    raise ConfigError(f"trainable state {k}: shape {tuple(v.shape)} != {tuple(own[k].shape)}")
+                own[k].copy_(v)
+
+    def forward(self, batch: FeatureBatch) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, batch: FeatureBatch) -> dict[str, torch.Tensor]:
+        """Cross-entropy by default; methods override."""
+        from edgeprompt.losses import ce
+
+        return {"loss": ce(logits, target)}
+
+    def text_features(self) -> torch.Tensor:
+        """(C, E) class text features, not normalised; only for ``foldable`` methods."""
+        raise NotImplementedError(f"{self.name} text features depend on the image")
+
+    def epoch_start(self, ctx: dict[str, Any]) -> dict[str, float]:
+        """Hook before each epoch; ``ctx`` has the trainer's view of the data (see train.trainer)."""
+        return {}
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.cfg) if dataclasses.is_dataclass(self.cfg) else {}
+
+
+def method_config_class(name: str) -> type:
+    """The frozen Config dataclass of method ``name``."""
+    return METHODS.get(name).Config
+
+
+def build_config(name: str, options: dict[str, Any]) -> Any:
+    """``Config(**options)`` for method ``name``; unknown option names raise with close matches."""
+    cls = method_config_class(name)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for key in options:
+        if key not in fields:
+            raise ConfigError(f"method {name!r} has no option {key!r}.{suggest(key, fields)} "
+                              f"Options: {', '.join(fields)}")
+    cfg = cls(**options)
+    validate = getattr(cfg, "validate", None)
+    if validate:
+        validate()
+    return cfg
+
+
+def create_method(name: str, backbone: FrozenCLIP, classnames: list[str], **options: Any) -> PromptMethod:
+    """Build method ``name`` on ``backbone`` for ``classnames`` with config overrides ``options``."""
+    cls = METHODS.get(name)
+    return cls(backbone, list(classnames), build_config(name, options))
+
+
+def list_methods() -> dict[str, str]:
+    """Method name -> one-line description."""
+    return METHODS.describe()

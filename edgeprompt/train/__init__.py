@@ -1,0 +1,1 @@
+"""Workstation side: feature cache, training loop, evaluation (torch)."""
