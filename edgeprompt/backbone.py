@@ -35,6 +35,17 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 def _register_tiny() -> None:
+    """Register edgeprompt's own model configs and any listed in ``$EDGEPROMPT_MODEL_CONFIGS``.
+
+    ``EDGEPROMPT_MODEL_CONFIGS`` holds open_clip JSON config files or folders (``os.pathsep``-separated), so a custom
+    architecture can be used by name from the CLI; the config's file name (without ``.json``) is the model name.
+    """
+    import open_clip
+
+    for entry in filter(None, os.environ.get("EDGEPROMPT_MODEL_CONFIGS", "").split(os.pathsep)):
+        if not Path(entry).exists():
+            raise ConfigError(f"EDGEPROMPT_MODEL_CONFIGS lists {entry}, which does not exist")
+        open_clip.add_model_config(entry)
     try:
         from edgeprompt.world import tiny
     except ImportError:  # the offline world is optional for the backbone itself

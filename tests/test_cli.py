@@ -1,0 +1,81 @@
+"""The command line: one-line errors (exit 2, no traceback), skippable data problems, --json, lazy imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from edgeprompt.cli.main import app
+
+runner = CliRunner()
+
+
+def _tune_args(tiny_model: str, data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["tune", str(data), "--out", str(out), "--model", tiny_model, "--pretrained", "none", "--shots", "4",
+            "--epochs", "2", "--views", "2", "--cache-dir", str(cache), *extra]
+
+
+def test_tune_with_corrupt_jpeg_text_file_and_empty_class(tiny_model, image_folder, cache_dir, tmp_path) -> None:  # noqa: ANN001
+    (image_folder / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (image_folder / "green" / "README.txt").write_text("not an image")
+    (image_folder / "purple").mkdir()
+    out = tmp_path / "run"
+    res = runner.invoke(app, _tune_args(tiny_model, image_folder, out, cache_dir, "--method", "dspt", "--json"))
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    for name in ("broken.jpg", "README.txt", "purple"):
+        assert name in res.stderr
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["skipped_files"] == 3 and summary["classes"] == 3 and Path(summary["run_dir"]) == out
+    # --strict makes the same problems fatal: one line, exit code 2, nothing written
+    res = runner.invoke(app, _tune_args(tiny_model, image_folder, tmp_path / "strict", cache_dir, "--strict"))
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "strict").exists()
+
+
+def test_errors_are_one_line(tiny_model, image_folder, cache_dir, tmp_path) -> None:  # noqa: ANN001
+    cases = [
+        (_tune_args(tiny_model, image_folder, tmp_path / "a", cache_dir, "--method", "dpst"), "Did you mean 'dspt'"),
+        (_tune_args(tiny_model, image_folder, tmp_path / "b", cache_dir, "--noise", "sym:2"), "rate must be in"),
+        (_tune_args(tiny_model, tmp_path / "missing", tmp_path / "c", cache_dir), "is not a directory"),
+        (_tune_args("ViT-B-33", image_folder, tmp_path / "d", cache_dir), "Did you mean"),
+    ]
+    for args, needle in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_eval_rejects_a_test_set_with_other_classes(tiny_model, image_folder, cache_dir, tmp_path) -> None:  # noqa: ANN001
+    out = tmp_path / "run"
+    assert runner.invoke(app, _tune_args(tiny_model, image_folder, out, cache_dir)).exit_code == 0
+    (image_folder / "blue").rename(image_folder / "yellow")
+    res = runner.invoke(app, ["eval", str(out), str(image_folder), "--cache-dir", str(cache_dir)])
+    assert res.exit_code == 2 and "yellow" in res.stderr
+    (image_folder / "yellow").rename(image_folder / "blue")
+    res = runner.invoke(app, ["eval", str(out), str(image_folder), "--cache-dir", str(cache_dir), "--json"])
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert res.exit_code == 0 and report["n"] == 18 and set(report["per_class"]) == {"blue", "green", "red"}
+
+
+def test_models_lists_methods_and_backbones() -> None:
+    res = runner.invoke(app, ["models", "--json"])
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert {"zeroshot", "coop", "dspt"} <= set(out["methods"])
+    assert "openai" in out["backbones"]["ViT-B-16"]
+
+
+def test_help_is_fast_and_torch_free() -> None:
+    code = ("import sys; import edgeprompt.cli.main, edgeprompt.api; "
+            "heavy = [m for m in ('torch', 'open_clip', 'onnx', 'onnxruntime') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    res = subprocess.run([sys.executable, "-m", "edgeprompt.cli.main", "tune", "--help"], capture_output=True,
+                         text=True, env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 0 and "--noise" in res.stdout and "sym:R" in res.stdout

@@ -1,0 +1,132 @@
+"""Data layer: folders, CSV manifests, few-shot sampling, label noise, and the errors users hit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeprompt.data import apply_noise, load_csv, load_folder, load_labeled, parse_noise, sample_few_shot
+from edgeprompt.data.folder import match_classes
+from edgeprompt.errors import ConfigError, DataError
+from tests.conftest import make_folder
+
+
+def test_folder_nested_extensions_hidden(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d", per_class=3)
+    (root / "red" / "sub").mkdir()
+    (root / "red" / "000.png").rename(root / "red" / "sub" / "NESTED.PNG")  # nested + upper-case extension
+    (root / "red" / ".hidden.png").write_bytes((root / "red" / "001.png").read_bytes())
+    (root / ".cache").mkdir()
+    ds = load_folder(root)
+    assert ds.classnames == ("blue", "green", "red")
+    assert ds.counts() == [3, 3, 3]
+    assert not any(p.name.startswith(".") for p in ds.paths)
+    assert any(p.name == "NESTED.PNG" for p in ds.paths)
+
+
+def test_underscores_become_spaces_and_classnames_file(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d", per_class=2)
+    (root / "red").rename(root / "dark_red")
+    assert "dark red" in load_folder(root).classnames
+    names = tmp_path / "names.txt"
+    names.write_text("# comment\nazure\nemerald\ncrimson\n")
+    assert load_labeled(root, classnames_file=names).classnames == ("azure", "emerald", "crimson")
+
+
+def test_problems_are_skipped_with_names_or_fatal_with_strict(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_folder(tmp_path / "d", per_class=3)
+    (root / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "green" / "notes.txt").write_text("hello")
+    (root / "empty_class").mkdir()
+    ds = load_folder(root)
+    assert ds.classnames == ("blue", "green", "red")
+    reasons = {Path(f).name: r for f, r in ds.skipped}
+    assert "broken.jpg" in reasons and "notes.txt" in reasons and "empty_class" in reasons
+    assert "broken.jpg" in caplog.text
+    with pytest.raises(DataError, match="empty_class has no images"):
+        load_folder(root, strict=True)
+    (root / "empty_class").rmdir()
+    with pytest.raises(DataError, match="notes.txt|broken.jpg"):
+        load_folder(root, strict=True)
+    (root / "green" / "notes.txt").unlink()
+    with pytest.raises(DataError, match="broken.jpg"):
+        load_folder(root, strict=True)
+
+
+def test_single_class_and_missing_dir(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d", per_class=2)
+    for name in ("green", "blue"):
+        for f in (root / name).iterdir():
+            f.unlink()
+        (root / name).rmdir()
+    with pytest.raises(DataError, match="at least 2"):
+        load_folder(root)
+    with pytest.raises(DataError, match="not a directory"):
+        load_folder(tmp_path / "nope")
+
+
+def test_csv_manifest(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d", per_class=2)
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,label\n" + "".join(f"{p.relative_to(tmp_path)},{p.parent.name}\n" for p in sorted(root.rglob("*.png"))))
+    ds = load_csv(csv)
+    assert ds.classnames == ("blue", "green", "red") and len(ds) == 6
+    csv.write_text(csv.read_text() + f"{next(root.rglob('*.png')).relative_to(tmp_path)},purple\n")
+    with pytest.raises(DataError, match="unknown label 'purple'"):
+        load_csv(csv, classnames=["blue", "green", "red"])
+
+
+def test_test_set_classes_must_match(tmp_path: Path) -> None:
+    test = load_folder(make_folder(tmp_path / "t", per_class=2))
+    with pytest.raises(DataError, match="not tuned on"):
+        match_classes(["blue", "green", "yellow"], test)
+    reindexed = match_classes(["red", "green", "blue", "yellow"], test)
+    assert [reindexed.classnames[y] for y in reindexed.labels] == [test.classnames[y] for y in test.labels]
+
+
+def test_few_shot_is_seeded(tmp_path: Path) -> None:
+    ds = load_folder(make_folder(tmp_path / "d", per_class=6), check_images=False)
+    a, b, c = (sample_few_shot(ds, 2, s) for s in (1, 1, 2))
+    assert a.paths == b.paths and a.paths != c.paths
+    assert a.counts() == [2, 2, 2]
+
+
+@pytest.mark.parametrize("kind", ["sym", "asym"])
+@pytest.mark.parametrize("rate", [0.25, 0.5, 0.75])
+def test_noise_flips_exactly_floor_rate_n(kind: str, rate: float) -> None:
+    labels = [i % 10 for i in range(160)]
+    noisy, clean = apply_noise(labels, 10, parse_noise(f"{kind}:{rate}"), seed=3)
+    flipped = [i for i, c in enumerate(clean) if not c]
+    assert len(flipped) == int(rate * 160)
+    assert all(noisy[i] != labels[i] for i in flipped)
+    if kind == "asym":
+        assert all(noisy[i] == (labels[i] + 1) % 10 for i in flipped)
+    assert apply_noise(labels, 10, parse_noise(f"{kind}:{rate}"), seed=3) == (noisy, clean)
+
+
+def test_sym_noise_uses_every_other_class() -> None:
+    labels = [0] * 2000
+    noisy, _ = apply_noise(labels, 5, parse_noise("sym:0.5"), seed=0)
+    assert set(noisy) == {0, 1, 2, 3, 4}
+
+
+def test_flip_map(tmp_path: Path) -> None:
+    fm = tmp_path / "flips.json"
+    fm.write_text('{"red": "blue"}')
+    names = ["blue", "green", "red"]
+    labels = [0, 1, 2] * 10
+    noisy, clean = apply_noise(labels, 3, parse_noise(f"map:{fm}:0.5"), seed=0, classnames=names)
+    flipped = [i for i, c in enumerate(clean) if not c]
+    assert len(flipped) == 5 and all(labels[i] == 2 and noisy[i] == 0 for i in flipped)
+
+
+@pytest.mark.parametrize("bad", ["gaussian:0.2", "sym:1.5", "sym:abc", "map:0.3"])
+def test_bad_noise_specs(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_noise(bad)
+
+
+def test_noise_percent_and_none() -> None:
+    assert parse_noise("sym:50%").rate == 0.5
+    assert str(parse_noise("none")) == "none"
