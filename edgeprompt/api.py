@@ -173,3 +173,36 @@ def models() -> dict[str, Any]:
         cls = METHODS.get(name).Config
         methods[name] = {"help": doc, "options": {f.name: f.default for f in dataclasses.fields(cls)}}
     return {"methods": methods, "backbones": list_backbones()}
+
+
+def predict(bundle: str | Path, images: list[str | Path], *, top_k: int = 3, backend: str = "auto") -> dict[str, Any]:
+    """Top-k predictions for image files (folders are searched recursively) with a bundle's runtime; no torch."""
+    from edgeprompt.data.folder import IMAGE_EXTENSIONS
+    from edgeprompt.errors import DataError
+    from edgeprompt.runtime import load_bundle
+
+    paths: list[Path] = []
+    for item in map(Path, images):
+        if item.is_dir():
+            paths.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                                and not any(part.startswith(".") for part in p.relative_to(item).parts)))
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise DataError(f"{item} does not exist")
+    if not paths:
+        raise DataError("no images to classify: pass image files or folders that contain images")
+    with load_bundle(bundle, backend) as predictor:
+        preds = predictor.predict(paths, top_k=top_k)
+        runtime = predictor.runtime
+        return {
+            "bundle": str(bundle), "backend": runtime.name, "provider": runtime.provider,
+            "predictions": [{"image": str(p), "top": [x.to_dict() for x in top]} for p, top in zip(paths, preds)],
+        }
+
+
+def sweep(cfg: Any, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run (or resume) a noise sweep described by a :class:`edgeprompt.train.sweep.SweepConfig`."""
+    from edgeprompt.train.sweep import run_sweep
+
+    return run_sweep(cfg, reporter)

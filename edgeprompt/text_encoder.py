@@ -18,20 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """(..., L, D) -> (..., H, L, D/H)."""
-    return t.unflatten(-1, (n_heads, t.shape[-1] // n_heads)).transpose(-3, -2)
-
-
-def _merge(t: torch.Tensor) -> torch.Tensor:
-    """(..., H, L, hd) -> (..., L, H*hd)."""
-    return t.transpose(-3, -2).flatten(-2)
-
-
 def _split_attention(
     attn: nn.MultiheadAttention, xp: torch.Tensor, xs: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal self-attention over ``[prefix; suffix_c]`` for every class c, computing the prefix once.
+
+    The suffix queries of all classes meet the shared prefix keys in one flat matmul, so the prefix keys and values
+    are never copied per class (copying them cost more than the attention itself at 100 classes).
 
     Args:
         attn: the block's ``nn.MultiheadAttention`` (packed in-projection).
@@ -41,19 +34,23 @@ def _split_attention(
         attention outputs for the prefix (B, P, D) and the suffixes (B, C, S, D).
     """
     h = attn.num_heads
-    b, c, s, _ = xs.shape
-    p = xp.shape[1]
-    qp, kp, vp = (_heads(t, h) for t in F.linear(xp, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
-    qs, ks, vs = (_heads(t, h) for t in F.linear(xs, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
+    b, c, s, d = xs.shape
+    p, hd = xp.shape[1], d // h
+    qp, kp, vp = (t.unflatten(-1, (h, hd)).transpose(1, 2)  # (B, H, P, hd)
+                  for t in F.linear(xp, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
+    qs, ks, vs = (t.unflatten(-1, (h, hd)).permute(0, 3, 1, 2, 4)  # (B, H, C, S, hd)
+                  for t in F.linear(xs, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
     out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)  # (B, H, P, hd)
-    # keys/values seen by each suffix: the shared prefix (broadcast over classes), then its own causal part
-    k = torch.cat([kp.unsqueeze(1).expand(b, c, *kp.shape[1:]), ks], dim=-2)  # (B, C, H, P+S, hd)
-    v = torch.cat([vp.unsqueeze(1).expand(b, c, *vp.shape[1:]), vs], dim=-2)
-    rows = torch.arange(s, device=xs.device).unsqueeze(1)
-    cols = torch.arange(p + s, device=xs.device).unsqueeze(0)
-    allowed = (cols < p) | (cols - p <= rows)  # (S, P+S): all of the prefix, causal within the suffix
-    out_s = F.scaled_dot_product_attention(qs, k, v, attn_mask=allowed)  # (B, C, H, S, hd)
-    return attn.out_proj(_merge(out_p)), attn.out_proj(_merge(out_s))
+    scale = hd**-0.5
+    to_prefix = (qs.reshape(b, h, c * s, hd) @ kp.transpose(-1, -2)).view(b, h, c, s, p)  # (B, H, C, S, P)
+    to_self = qs @ ks.transpose(-1, -2)  # (B, H, C, S, S), causal within the suffix
+    causal = torch.ones(s, s, dtype=torch.bool, device=xs.device).triu(1)
+    scores = torch.cat([to_prefix, to_self.masked_fill(causal, float("-inf"))], dim=-1) * scale
+    weights = scores.softmax(dim=-1)  # (B, H, C, S, P+S)
+    out_s = (weights[..., :p].reshape(b, h, c * s, p) @ vp).view(b, h, c, s, hd) + weights[..., p:] @ vs
+    out_p = out_p.transpose(1, 2).reshape(b, p, d)
+    out_s = out_s.permute(0, 2, 3, 1, 4).reshape(b, c, s, d)
+    return attn.out_proj(out_p), attn.out_proj(out_s)
 
 
 def supports_prefix_sharing(blocks: nn.ModuleList) -> bool:

@@ -69,7 +69,8 @@ def test_single_class_and_missing_dir(tmp_path: Path) -> None:
 def test_csv_manifest(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "d", per_class=2)
     csv = tmp_path / "m.csv"
-    csv.write_text("path,label\n" + "".join(f"{p.relative_to(tmp_path)},{p.parent.name}\n" for p in sorted(root.rglob("*.png"))))
+    rows = [f"{p.relative_to(tmp_path)},{p.parent.name}\n" for p in sorted(root.rglob("*.png"))]
+    csv.write_text("path,label\n" + "".join(rows))
     ds = load_csv(csv)
     assert ds.classnames == ("blue", "green", "red") and len(ds) == 6
     csv.write_text(csv.read_text() + f"{next(root.rglob('*.png')).relative_to(tmp_path)},purple\n")

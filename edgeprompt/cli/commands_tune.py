@@ -135,8 +135,45 @@ def models(as_json: JSON = False, all_models: Annotated[bool, typer.Option("--al
     emit(result, as_json, render)
 
 
+def sweep(
+    train: Annotated[Path, typer.Argument(help="Labeled training folder (few-shot subsets are drawn from it).")],
+    test: Annotated[Path, typer.Option("--test", help="Clean labeled test folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep directory (re-run the same command to resume).")],
+    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "zeroshot,coop,dspt,visprompt",
+    losses: Annotated[str, typer.Option(help="CoOp losses, one row each: ce,gce,mae.")] = "ce",
+    noise: Annotated[list[str] | None, typer.Option(help="Noise groups kind:r1,r2,… (repeatable), e.g. --noise sym:0,0.25,0.5,0.75 --noise asym:0.25,0.5.")] = None,
+    shots: Annotated[int, typer.Option(help="Samples per class.")] = 16,
+    seeds: Annotated[int, typer.Option(help="Seeds per cell (1..N).")] = 3,
+    epochs: Annotated[int, typer.Option(help="Epochs per cell.")] = 30,
+    model: Annotated[str, typer.Option(help="open_clip model name.")] = "edgeprompt-tiny",
+    pretrained: Annotated[str, typer.Option(help="Pretrained tag or checkpoint path.")] = "shapes",
+    views: Annotated[int, typer.Option(help="Augmented views per image in the feature cache.")] = 8,
+    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache directory.")] = None,
+    as_json: JSON = False,
+) -> None:
+    """Accuracy of each method as label noise grows: every (method, noise, seed) cell, mean ± std table, plot."""
+    from edgeprompt import api
+    from edgeprompt.train.sweep import SweepConfig, markdown
+
+    cfg = SweepConfig(
+        train=str(train), test=str(test), out=str(out), methods=tuple(m for m in methods.split(",") if m),
+        losses=tuple(x for x in losses.split(",") if x), noise=tuple(noise or ["sym:0,0.25,0.5,0.75"]),
+        shots=shots, seeds=seeds, model=model, pretrained=pretrained, epochs=epochs, views=views,
+        cache_dir=str(cache_dir) if cache_dir else None,
+    )
+    with reporter() as rep:
+        result = api.sweep(cfg, rep)
+
+    def render(r: dict[str, Any]) -> None:
+        print(markdown(r))
+        print(f"tables and plots in {out}/ (results.md, results.csv, results.json, accuracy_vs_noise_*.png)")
+
+    emit(result, as_json, render)
+
+
 def register(app: typer.Typer) -> None:
     """Attach the workstation commands to ``app``."""
     app.command(rich_help_panel="Tune")(command(tune))
     app.command("eval", rich_help_panel="Tune")(command(evaluate))
+    app.command(rich_help_panel="Tune")(command(sweep))
     app.command(rich_help_panel="Info")(command(models))

@@ -1,0 +1,223 @@
+"""Runtime: load a tiny bundle on onnxruntime-CPU, predict, benchmark, report; and prove it all runs without torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import edgeprompt
+from edgeprompt.bench import csv, environment, markdown_table, measure_latency
+from edgeprompt.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
+from edgeprompt.manifest import IOSpec, TensorSpec
+from edgeprompt.preprocess import preprocess_batch
+from edgeprompt.runtime import BACKENDS, Prediction, available_backends, load_bundle, load_runtime, resolve_backend
+from tests.tiny_bundle import CLASSES, SIZE, reference, weights, write_tiny_bundle
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+def _images(n: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    sizes = [(31, 17), (8, 8), (64, 100), (13, 40), (200, 9)]
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in
+            (sizes[i % len(sizes)] for i in range(n))]
+
+
+@pytest.fixture()
+def bundle(tmp_path: Path) -> Path:
+    write_tiny_bundle(tmp_path / "bundle")
+    return tmp_path / "bundle"
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["inline", "external-data"])
+def test_predictions_match_numpy_reference(tmp_path: Path, external: bool) -> None:
+    manifest = write_tiny_bundle(tmp_path / "b", external_data=external)
+    images = _images(7)
+    with load_bundle(tmp_path / "b", backend="ort-cpu", batch_size=3, threads=1) as predictor:
+        assert predictor.runtime.name == "ort-cpu"
+        assert predictor.runtime.provider == "CPUExecutionProvider"
+        preds = predictor.predict(images, top_k=3)
+        probs = predictor.probabilities(images)
+    _, ref_probs = reference(preprocess_batch(images, manifest.preprocess), manifest.preprocess, weights())
+    np.testing.assert_allclose(probs, ref_probs, atol=1e-5)
+    assert len(preds) == len(images)
+    for p, row in zip(preds, ref_probs, strict=True):
+        assert [x.index for x in p] == list(np.argsort(-row, kind="stable")[:3])
+        assert all(isinstance(x, Prediction) and x.label == CLASSES[x.index] for x in p)
+        assert p[0].probability == pytest.approx(float(row.max()), abs=1e-5)
+        assert json.dumps([x.to_dict() for x in p])  # serialisable for `predict --json`
+
+
+def test_paths_and_top_k_capped(bundle: Path, tmp_path: Path) -> None:
+    paths = []
+    for i, img in enumerate(_images(3)):
+        paths.append(tmp_path / f"img{i}.png")
+        img.save(paths[-1])
+    predictor = load_bundle(bundle, backend="ort-cpu", threads=1)
+    from_paths = predictor.predict(paths, top_k=50)
+    from_images = predictor.predict(_images(3), top_k=50)
+    assert all(len(p) == len(CLASSES) for p in from_paths)
+    assert [[x.index for x in p] for p in from_paths] == [[x.index for x in p] for p in from_images]
+    with pytest.raises(ConfigError):
+        predictor.predict(paths, top_k=0)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    with pytest.raises(DataError, match="broken.jpg"):
+        predictor.predict([*paths, tmp_path / "broken.jpg"])
+
+
+def test_normalisation_and_softmax_outside_the_graph(tmp_path: Path) -> None:
+    """A graph without in-graph mean/std and with logits only: the predictor normalises and applies the softmax."""
+    manifest = write_tiny_bundle(tmp_path / "b", normalize_in_graph=False, probs=False)
+    images = _images(4)
+    probs = load_bundle(tmp_path / "b", backend="ort-cpu", threads=1).probabilities(images)
+    _, ref = reference(preprocess_batch(images, manifest.preprocess), manifest.preprocess, weights())
+    np.testing.assert_allclose(probs, ref, atol=1e-5)
+
+
+def test_runtime_rejects_bad_pixels(bundle: Path) -> None:
+    runtime = load_runtime(bundle, "ort-cpu", threads=1)
+    with pytest.raises(DataError, match="shape"):
+        runtime.run(np.zeros((2, 3, SIZE + 1, SIZE), np.float32))
+    out = runtime.run(np.zeros((2, 3, SIZE, SIZE), np.float64))  # converted to float32
+    assert out["logits"].shape == (2, len(CLASSES)) and out["probs"].dtype == np.float32
+
+
+def test_available_backends_explain_what_is_missing() -> None:
+    import onnxruntime as ort
+
+    from edgeprompt._optional import available
+
+    status = available_backends()
+    assert set(status) == set(BACKENDS)
+    assert status["ort-cpu"] is None
+    for name, reason in status.items():
+        assert reason is None or (isinstance(reason, str) and reason and "\n" not in reason), name
+    if not available("tensorrt"):
+        assert status["trt"] is not None and "TensorRT" in status["trt"]
+    providers = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        assert "onnxruntime-gpu" in (status["ort-cuda"] or "")
+    if "TensorrtExecutionProvider" not in providers:
+        assert status["ort-trt"]
+
+
+def test_backend_selection_and_errors(bundle: Path, tmp_path: Path) -> None:
+    status = available_backends()
+    auto = resolve_backend("auto", bundle)
+    assert status[auto] is None and auto != "ort-trt"
+    if status["ort-cuda"] is not None:
+        with pytest.raises(MissingDependencyError, match="ort-cuda"):
+            load_bundle(bundle, backend="ort-cuda")
+    if status["trt"] is not None:
+        with pytest.raises(MissingDependencyError, match="trt"):
+            load_bundle(bundle, backend="trt")
+    with pytest.raises(ConfigError, match="tensorrt-fast"):
+        load_bundle(bundle, backend="tensorrt-fast")
+    with pytest.raises(ArtifactError, match="manifest.json"):
+        load_bundle(tmp_path / "nowhere", backend="ort-cpu")
+
+
+def test_bundle_integrity_errors(tmp_path: Path) -> None:
+    write_tiny_bundle(tmp_path / "run", kind="run")
+    with pytest.raises(ArtifactError, match="not a bundle"):
+        load_bundle(tmp_path / "run", backend="ort-cpu")
+
+    write_tiny_bundle(tmp_path / "b")
+    with (tmp_path / "b" / "model.onnx").open("ab") as f:
+        f.write(b"\x00")  # still loads, but no longer matches the manifest's sha256
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_bundle(tmp_path / "b", backend="ort-cpu", verify=True)
+
+    io = IOSpec(inputs=(TensorSpec("image", ("batch", 3, SIZE, SIZE)),), outputs=IOSpec.classifier(SIZE, 5).outputs)
+    write_tiny_bundle(tmp_path / "wrong-io", io=io)
+    with pytest.raises(ArtifactError, match="expects"):
+        load_bundle(tmp_path / "wrong-io", backend="ort-cpu")
+
+    (tmp_path / "b" / "model.onnx").unlink()
+    with pytest.raises(ArtifactError, match="model.onnx"):
+        load_bundle(tmp_path / "b", backend="ort-cpu")
+
+
+def test_latency_and_reports(bundle: Path) -> None:
+    runtime = load_runtime(bundle, "ort-cpu", threads=1)
+    res = measure_latency(runtime, batch=4, warmup=2, iters=20)
+    assert res.backend == "ort-cpu" and res.provider == "CPUExecutionProvider"
+    assert res.iters == 20 and res.warmup_iters == 2 and res.batch == 4 and res.input_shape == (3, SIZE, SIZE)
+    assert 0 < res.min_ms <= res.p50_ms <= res.p90_ms <= res.p99_ms <= res.max_ms
+    assert res.throughput == pytest.approx(4e3 / res.mean_ms)
+    timed = measure_latency(runtime, batch=1, warmup=0, warmup_seconds=0.01, iters=1, seconds=0.05)
+    assert timed.iters >= 1 and timed.warmup_iters >= 1
+    with pytest.raises(ConfigError):
+        measure_latency(runtime, batch=0)
+
+    rows = [res.to_dict(), {**timed.to_dict(), "provider": "a|b"}]
+    table = markdown_table(rows, ["backend", "provider", "batch", "p50_ms", "throughput"])
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| backend") and lines[1].endswith(":|")
+    assert "a\\|b" in table and f"{res.p50_ms:.2f}" in table
+    text = csv(rows, ["backend", "batch", "p50_ms"])
+    assert text.splitlines()[0] == "backend,batch,p50_ms" and len(text.splitlines()) == 3
+    assert markdown_table([]) == ""
+
+    env = environment()
+    for key in ("cpu", "cpu_count", "os", "python", "numpy", "onnxruntime", "tensorrt", "gpus", "jetson_model"):
+        assert key in env
+    assert env["numpy"] == np.__version__ and isinstance(env["gpus"], list)
+    assert json.dumps(env)
+
+
+_NO_TORCH = textwrap.dedent("""
+    import sys
+
+    class _Blocker:
+        # any import of torch, torchvision or open_clip fails, as on a Jetson without them
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "torchvision", "open_clip"):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, _Blocker())
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("blocker failed")
+
+    import edgeprompt.bench
+    import edgeprompt.export.tensorrt as ept
+    import edgeprompt.preprocess
+    import edgeprompt.runtime
+    from edgeprompt.bench import measure_latency
+    from edgeprompt.runtime import available_backends, load_bundle
+
+    bundle, image = sys.argv[1], sys.argv[2]
+    predictor = load_bundle(bundle, backend="ort-cpu", threads=1)
+    top = predictor.predict([image], top_k=2)[0]
+    measure_latency(predictor.runtime, batch=2, warmup=1, iters=3)
+    available_backends()
+    ept.trtexec_command("model.onnx", "model.engine", predictor.runtime.io, trt_major=10)
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "open_clip"))
+    assert not leaked, leaked
+    print(top[0].label)
+""")
+
+
+def test_runtime_works_without_torch(bundle: Path, tmp_path: Path) -> None:
+    image = tmp_path / "x.png"
+    _images(1)[0].save(image)
+    expected = load_bundle(bundle, backend="ort-cpu", threads=1).predict([image], top_k=1)[0][0].label
+    env = {**os.environ, "PYTHONPATH": str(Path(edgeprompt.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, str(bundle), str(image)], capture_output=True,
+                          text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == expected

@@ -1,0 +1,46 @@
+"""The noise sweep: cells, resume without redoing finished cells, tables and plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeprompt.errors import ConfigError
+from edgeprompt.train import sweep as sw
+
+
+def test_noise_groups_and_cells() -> None:
+    assert sw.parse_noise_groups(["sym:0,0.5", "asym:0.25"]) == [("sym", 0.0), ("sym", 0.5), ("asym", 0.25)]
+    with pytest.raises(ConfigError):
+        sw.parse_noise_groups(["gauss:0.1"])
+    cfg = sw.SweepConfig(train="t", test="t", out="o", methods=("zeroshot", "coop", "dspt"), losses=("ce", "mae"),
+                         noise=("sym:0,0.5",), seeds=2)
+    names = [c["name"] for c in sw.cells(cfg)]
+    assert len(names) == len(set(names)) == 2 + 3 * 2 * 2  # zero-shot once per seed; 3 rows x 2 rates x 2 seeds
+    assert "coop-mae__sym-0.5__s2" in names
+
+
+def test_sweep_runs_resumes_and_reports(tiny_model, image_folder, cache_dir, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from edgeprompt import api
+
+    cfg = sw.SweepConfig(train=str(image_folder), test=str(image_folder), out=str(tmp_path / "sweep"),
+                         methods=("zeroshot", "coop", "dspt"), noise=("sym:0,0.5",), shots=4, seeds=2,
+                         model=tiny_model, pretrained="none", epochs=2, views=2, cache_dir=str(cache_dir))
+    summary = api.sweep(cfg)
+    out = tmp_path / "sweep"
+    assert summary["cells"] == 10 and summary["zeroshot"] is not None
+    assert {(t["row"], t["rate"]) for t in summary["table"]} == {("coop-ce", 0.0), ("coop-ce", 0.5),
+                                                                  ("dspt", 0.0), ("dspt", 0.5)}
+    md = (out / "results.md").read_text()
+    assert md.startswith("| method | sym 0% | sym 50% |") and "±" in md
+    assert (out / "results.csv").read_text().count("\n") == 6
+    assert (out / "accuracy_vs_noise_sym.png").stat().st_size > 1000
+    # resume: only the missing cell is tuned again
+    (out / "cells" / "dspt__sym-0.5__s2.json").unlink()
+    calls = []
+    real = api.tune
+    monkeypatch.setattr(api, "tune", lambda c, r=None: calls.append(c.out) or real(c, r))
+    again = api.sweep(cfg)
+    assert [c.rsplit("/", 1)[-1] for c in calls] == ["dspt__sym-0.5__s2"]
+    assert json.loads((out / "results.json").read_text())["summary"]["cells"] == again["cells"] == 10
