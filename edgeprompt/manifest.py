@@ -20,6 +20,8 @@ from edgeprompt.version import __version__
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+ONNX_FILE = "model.onnx"  # bundle files, named once for the exporter, the engine builder and every runtime
+ENGINE_FILE = "model.engine"  # a raw TensorRT plan: never prefixed with metadata (the manifest is the sidecar)
 
 # Tensor names, defined once (house rule 5).
 INPUT_PIXELS = "pixels"

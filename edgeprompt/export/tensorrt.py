@@ -29,12 +29,10 @@ from edgeprompt._gpu import cuda_gpu_status
 from edgeprompt._optional import available
 from edgeprompt.errors import ConfigError, ExportError, MissingDependencyError
 from edgeprompt.fileio import atomic_write_bytes, atomic_write_text
-from edgeprompt.manifest import IOSpec
+from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, IOSpec
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"  # the runtime reads the same names (edgeprompt.runtime.base)
-ENGINE_FILE = "model.engine"
 TRTEXEC_SCRIPT = "trtexec.sh"
 TIMING_CACHE_FILE = "timing.cache"
 

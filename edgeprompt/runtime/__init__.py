@@ -19,8 +19,8 @@ from typing import Any
 
 from edgeprompt.errors import ArtifactError, ConfigError, MissingDependencyError
 from edgeprompt.fileio import sha256_file
-from edgeprompt.manifest import Manifest
-from edgeprompt.runtime.base import BACKENDS, ENGINE_FILE, ONNX_FILE, Runtime
+from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, Manifest
+from edgeprompt.runtime.base import BACKENDS, Runtime
 from edgeprompt.runtime.predictor import Prediction, Predictor
 
 log = logging.getLogger(__name__)

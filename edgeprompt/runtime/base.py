@@ -14,8 +14,6 @@ from edgeprompt.errors import DataError
 from edgeprompt.manifest import IOSpec
 
 # File names inside a bundle (the exporter writes the same names).
-ONNX_FILE = "model.onnx"
-ENGINE_FILE = "model.engine"
 
 # Backend names, best first; 'auto' picks among them (see edgeprompt.runtime.resolve_backend).
 BACKENDS = ("trt", "ort-trt", "ort-cuda", "ort-cpu")
