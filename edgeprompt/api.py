@@ -197,7 +197,8 @@ def predict(bundle: str | Path, images: list[str | Path], *, top_k: int = 3, bac
         runtime = predictor.runtime
         return {
             "bundle": str(bundle), "backend": runtime.name, "provider": runtime.provider,
-            "predictions": [{"image": str(p), "top": [x.to_dict() for x in top]} for p, top in zip(paths, preds)],
+            "predictions": [{"image": str(p), "top": [x.to_dict() for x in top]}
+                            for p, top in zip(paths, preds, strict=True)],
         }
 
 
@@ -206,3 +207,104 @@ def sweep(cfg: Any, reporter: Reporter | None = None) -> dict[str, Any]:
     from edgeprompt.train.sweep import run_sweep
 
     return run_sweep(cfg, reporter)
+
+
+def data_shapes(out: str | Path, *, task: str = "shape", per_class: int = 32, domain: str = "downstream",
+                seed: int = 0, image_size: int = 64, overwrite: bool = False,
+                reporter: Reporter | None = None) -> dict[str, Any]:
+    """Write the offline world's labeled folders ``OUT/train``, ``OUT/val``, ``OUT/test`` (torch-free)."""
+    from edgeprompt.world.shapes import write_dataset
+
+    rep = reporter or NullReporter()
+    return write_dataset(out, task=task, per_class=per_class, domain=domain, seed=seed, image_size=image_size,
+                         overwrite=overwrite, progress=rep.task(f"rendering {task} ({domain})"))
+
+
+DEMO_METHODS = ("zeroshot", "coop", "dspt")
+
+
+def demo(out: str | Path = "edgeprompt-demo", *, noise: str = "sym:0.5", shots: int = 16, epochs: int = 50,
+         seed: int = 0, export: bool = True, reporter: Reporter | None = None) -> dict[str, Any]:
+    """The main job, offline: generate the shapes world, tune zero-shot, CoOp and DSPT on noisy labels, evaluate
+    each on the clean test split, then export the DSPT run and check the bundle against the torch evaluation."""
+    from edgeprompt.config import TrainConfig
+
+    rep = reporter or NullReporter()
+    out = Path(out)
+    t0 = time.perf_counter()
+    data = out / "data"
+    if not (data / "test").is_dir():
+        data_shapes(data, task="shape", per_class=max(shots, 16), seed=seed, overwrite=True, reporter=rep)
+    cache = str(out / "cache")
+    rows = []
+    for method in DEMO_METHODS:
+        run_dir = out / "runs" / method
+        res = tune(TuneConfig(train=str(data / "train"), out=str(run_dir), method=method, shots=shots, noise=noise,
+                              cache_dir=cache, overwrite=True,
+                              train_cfg=TrainConfig(epochs=epochs, seed=seed, eval_every=0)), rep)
+        test = evaluate(run_dir, data / "test", cache_dir=cache)
+        train = evaluate(run_dir, on_train=True, cache_dir=cache)
+        noisy = train["noisy"]
+        rows.append({"method": method, "noise": res["noise"], "test_top1": test["top1"],
+                     "train_acc_clean": noisy["acc_clean"], "flipped_memorized": noisy["memorized_flipped"],
+                     "n_train": res["n_train"], "n_flipped": res["n_flipped"], "tune_s": res["time_s"]})
+    result: dict[str, Any] = {"out": str(out), "data": str(data), "classes": test["classnames"], "rows": rows}
+    if export:
+        result["export"] = _demo_export(out, data, rows, rep)
+    result["time_s"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def _demo_export(out: Path, data: Path, rows: list[dict[str, Any]], rep: Reporter) -> dict[str, Any]:
+    """Export the DSPT run and check the bundle's accuracy on the test split against the torch evaluation."""
+    from edgeprompt._optional import available
+
+    if not (available("onnx") and available("onnxruntime")):
+        return {"skipped": 'onnx / onnxruntime not installed: pip install "edgeprompt[export]"'}
+    bundle = out / "bundle"
+    info = export(out / "runs" / "dspt", bundle, overwrite=True, reporter=rep)
+    pred = predict(bundle, [data / "test"], top_k=1)
+    folders = {p.name: p.name.replace("_", " ") for p in (data / "test").iterdir() if p.is_dir()}
+    hits = [item["top"][0]["label"] == folders[Path(item["image"]).parent.name] for item in pred["predictions"]]
+    torch_top1 = next(r["test_top1"] for r in rows if r["method"] == "dspt")
+    return {"bundle": str(bundle), "backend": pred["backend"], "bundle_test_top1": sum(hits) / len(hits),
+            "torch_test_top1": torch_top1, "parity": info.get("parity")}
+
+
+def export(source: str | Path, out: str | Path | None = None, *, onnx: bool = True, trt: bool = False,
+           fp16: bool = False, opset: int = 17, max_batch: int = 32, overwrite: bool = False,
+           reporter: Reporter | None = None) -> dict[str, Any]:
+    """Export a run directory into a bundle (workstation, torch), or build the TensorRT engine of an existing
+    bundle in place (``source`` is a bundle; on the target, no torch)."""
+    from edgeprompt.manifest import Manifest
+
+    kind = Manifest.read(source).kind
+    if kind == "bundle":
+        if not trt:
+            raise ConfigError(f"{source} is already a bundle: pass --trt to build its TensorRT engine here")
+        from edgeprompt.export.target import build_trt
+
+        return build_trt(source, fp16=fp16, max_batch=max_batch, reporter=reporter)
+    if out is None:
+        raise ConfigError("pass --out BUNDLE_DIR for the bundle to create")
+    from edgeprompt.export.bundle import export_run
+
+    return export_run(source, out, onnx=onnx, trt=trt, fp16=fp16, opset=opset, max_batch=max_batch,
+                      overwrite=overwrite, reporter=reporter)
+
+
+def bench(bundle: str | Path, data: str | Path | None = None, *, backends: list[str] | None = None,
+          batches: list[int] | None = None, warmup: int = 10, iters: int = 50, seconds: float | None = None,
+          max_images: int | None = None, out: str | Path | None = None,
+          reporter: Reporter | None = None) -> dict[str, Any]:
+    """Latency and accuracy of a bundle on every available backend; with ``out``, writes bench.json + bench.md."""
+    from edgeprompt.bench.run import BACKENDS, report_markdown
+    from edgeprompt.bench.run import bench as run_bench
+    from edgeprompt.fileio import atomic_write_json, atomic_write_text
+
+    result = run_bench(bundle, data, backends=backends or BACKENDS, batches=batches or [1, 8, 32], warmup=warmup,
+                       iters=iters, seconds=seconds, max_images=max_images, reporter=reporter)
+    if out is not None:
+        atomic_write_json(Path(out) / "bench.json", result)
+        atomic_write_text(Path(out) / "bench.md", report_markdown(result))
+    return result

@@ -5,7 +5,7 @@
 - a pretrained *tag* (``openai``, ``laion2b_s34b_b79k`` …), downloaded by open_clip on a machine with network;
 - a local checkpoint path (``.pt``, ``.bin``, ``.safetensors``) or ``local-dir:PATH``;
 - ``shapes`` for the shipped ``edgeprompt-tiny`` model (offline, package data);
-- ``none`` for random weights (tests and speed benchmarks only).
+- ``none`` for random weights drawn from a fixed seed (tests and speed benchmarks only).
 
 Frozen for real: every parameter has ``requires_grad=False``, the model stays in eval mode even when a parent
 module calls ``.train()``, and image encoding runs under ``torch.no_grad``.
@@ -94,7 +94,10 @@ def _build_open_clip(model: str, pretrained: str | None) -> nn.Module:
     tag = (pretrained or "none").strip()
     if tag.lower() in RANDOM_TAGS:
         log.warning("model %s built with RANDOM weights (pretrained=%s): accuracy is meaningless", model, tag)
-        return open_clip.create_model(model, pretrained=None)
+        # a fixed seed makes 'random' weights the same in every process, so a run can be reloaded and exported
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return open_clip.create_model(model, pretrained=None)
     try:
         from edgeprompt.world.tiny import TINY_PRETRAINED, load_tiny_state_dict
     except ImportError:

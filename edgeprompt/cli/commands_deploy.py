@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeprompt.cli.ui import command, emit, table
+from edgeprompt.cli.ui import command, emit, reporter, table
 
 JSON = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
 
@@ -32,6 +32,56 @@ def predict(
     emit(result, as_json, render)
 
 
+def export(
+    source: Annotated[Path, typer.Argument(help="Run directory (from `tune`) to export, or a bundle to build a TensorRT engine for.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Bundle directory to create (for a run directory).")] = None,
+    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Write model.onnx (always, when exporting a run).")] = True,
+    trt: Annotated[bool, typer.Option("--trt", help="Build model.engine with TensorRT here (needs TensorRT and a GPU).")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 weights with FP32 I/O and FP32 LayerNorm/softmax.")] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the TensorRT optimisation profile.")] = 32,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle (only once the new one passed).")] = False,
+    as_json: JSON = False,
+) -> None:
+    """Fold a tuned run and its frozen encoders into one ONNX graph, check it against torch, write a bundle.
+
+    On the target device (Jetson or server GPU), `edgeprompt export BUNDLE --trt` builds the TensorRT engine from
+    the bundle's ONNX without torch; the bundle's trtexec.sh has the equivalent trtexec command.
+    """
+    from edgeprompt import api
+
+    with reporter() as rep:
+        result = api.export(source, out, onnx=onnx, trt=trt, fp16=fp16, opset=opset, max_batch=max_batch,
+                            overwrite=overwrite, reporter=rep)
+    emit(result, as_json, lambda r: table("export", ["name", "value"],
+                                          [[k, v] for k, v in r.items() if not isinstance(v, (dict, list))]))
+
+
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="Export bundle to benchmark.")],
+    data: Annotated[Path | None, typer.Option(help="Labeled test folder: adds top-1, agreement and end-to-end latency.")] = None,
+    backend: Annotated[str, typer.Option(help="Comma-separated backends: torch,ort-cpu,ort-cuda,ort-trt,trt.")] = "torch,ort-cpu,ort-cuda,ort-trt,trt",
+    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
+    warmup: Annotated[int, typer.Option(help="Untimed calls before timing.")] = 10,
+    iters: Annotated[int, typer.Option(help="Timed calls per (backend, batch).")] = 50,
+    seconds: Annotated[float | None, typer.Option(help="Time for at least this long instead (with at least --iters calls).")] = None,
+    max_images: Annotated[int | None, typer.Option(help="Use at most this many test images.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write bench.json and bench.md here.")] = None,
+    as_json: JSON = False,
+) -> None:
+    """Latency (p50/p90/p99, throughput, end to end) and accuracy of a bundle on each available backend."""
+    from edgeprompt import api
+    from edgeprompt.bench.run import report_markdown
+
+    with reporter() as rep:
+        result = api.bench(bundle, data, backends=[b for b in backend.split(",") if b],
+                           batches=[int(b) for b in batch.split(",") if b], warmup=warmup, iters=iters,
+                           seconds=seconds, max_images=max_images, out=out, reporter=rep)
+    emit(result, as_json, lambda r: print(report_markdown(r)))
+
+
 def register(app: typer.Typer) -> None:
     """Attach the deployment commands to ``app``."""
+    app.command(rich_help_panel="Deploy")(command(export))
     app.command(rich_help_panel="Deploy")(command(predict))
+    app.command(rich_help_panel="Deploy")(command(bench))

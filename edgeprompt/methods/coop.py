@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from edgeprompt.backbone import FrozenCLIP, cosine_logits

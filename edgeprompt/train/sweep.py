@@ -166,7 +166,7 @@ def markdown(summary: dict[str, Any]) -> str:
             vals.append(f"{100 * t['mean']:.1f} ± {100 * t['std']:.1f}" if t else "–")
         lines.append(f"| {row} | " + " | ".join(vals) + " |")
     if summary["zeroshot"] is not None:
-        lines.append(f"| zeroshot (no labels) | " + " | ".join(f"{100 * summary['zeroshot']:.1f}" for _ in cols) + " |")
+        lines.append("| zeroshot (no labels) | " + " | ".join(f"{100 * summary['zeroshot']:.1f}" for _ in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -195,14 +195,16 @@ def plot(summary: dict[str, Any], kind: str, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for row in sorted({t["row"] for t in summary["table"]}):
-        pts = sorted((t["rate"], t["mean"], t["std"]) for t in summary["table"] if t["row"] == row and t["kind"] == kind)
+        pts = sorted((t["rate"], t["mean"], t["std"]) for t in summary["table"]
+                     if t["row"] == row and t["kind"] == kind)
         if not pts:
             continue
         x = [100 * p[0] for p in pts]
         y = [100 * p[1] for p in pts]
         s = [100 * p[2] for p in pts]
         ax.plot(x, y, marker="o", label=row)
-        ax.fill_between(x, [a - b for a, b in zip(y, s)], [a + b for a, b in zip(y, s)], alpha=0.15)
+        ax.fill_between(x, [a - b for a, b in zip(y, s, strict=True)], [a + b for a, b in zip(y, s, strict=True)],
+                        alpha=0.15)
     if summary["zeroshot"] is not None:
         ax.axhline(100 * summary["zeroshot"], color="grey", linestyle="--", label="zero-shot")
     ax.set_xlabel(f"{kind} label noise (%)")

@@ -1,0 +1,163 @@
+"""``edgeprompt bench``: latency and accuracy of a bundle on every available backend, at several batch sizes.
+
+For each backend (torch eager as the reference on the workstation, onnxruntime CPU / CUDA / TensorRT, a TensorRT
+engine) and batch: model-only latency (p50 / p90 / p99 over timed calls after a warm-up; GPU backends return host
+arrays, so each call includes its device synchronisation), throughput, end-to-end latency with the numpy/PIL
+preprocessing of real images, top-1 on a labeled test folder and agreement with the reference backend's
+predictions, model size and precision. Unavailable backends are listed with the reason instead of failing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeprompt.bench.latency import measure_latency, summarize
+from edgeprompt.bench.report import environment, markdown_table
+from edgeprompt.errors import ConfigError, EdgePromptError
+from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, Manifest
+from edgeprompt.progress import NullReporter, Reporter
+
+BACKENDS = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")
+COLUMNS = ["backend", "status", "precision", "size_mb", "batch", "top1", "agreement", "p50_ms", "p90_ms", "p99_ms",
+           "img_per_s", "e2e_p50_ms"]
+
+
+def backend_status(bundle: Path, names: Sequence[str]) -> dict[str, str | None]:
+    """Backend -> None when it can run this bundle here, else why not."""
+    from edgeprompt._optional import available
+    from edgeprompt.runtime import available_backends
+
+    status = available_backends()
+    out: dict[str, str | None] = {}
+    for name in names:
+        if name == "torch":
+            missing = [m for m in ("torch", "open_clip") if not available(m)]
+            src = Manifest.read(bundle).extra.get("source_run")
+            out[name] = (f"{', '.join(missing)} not installed" if missing else
+                         None if src and Path(src).is_dir() else "the bundle's source run directory is not here")
+        elif name == "trt" and not (bundle / ENGINE_FILE).is_file():
+            out[name] = f"no {ENGINE_FILE} in the bundle: build it on this device with `edgeprompt export BUNDLE --trt`"
+        elif name not in status:
+            raise ConfigError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
+        else:
+            out[name] = status[name]
+    return out
+
+
+def _load(bundle: Path, name: str) -> Any:
+    if name == "torch":
+        from edgeprompt.export.reference import TorchRuntime
+
+        return TorchRuntime(bundle)
+    from edgeprompt.runtime import load_runtime
+
+    return load_runtime(bundle, name)
+
+
+def _size_mb(bundle: Path, name: str, manifest: Manifest) -> float | None:
+    if name == "torch":
+        return None  # torch runs the source run's modules, not a file of the bundle
+    files = [ENGINE_FILE] if name == "trt" else [f for f in manifest.files if f.startswith(ONNX_FILE)]
+    return round(sum((bundle / f).stat().st_size for f in files if (bundle / f).is_file()) / 2**20, 2)
+
+
+def _e2e(runtime: Any, manifest: Manifest, paths: list[Path], batch: int, iters: int) -> float | None:
+    """Median wall time of (load + preprocess + run) for batches of real images, in ms."""
+    from edgeprompt.preprocess import load_image, preprocess_batch
+
+    if not paths:
+        return None
+    times = []
+    for i in range(iters):
+        chunk = [paths[(i * batch + j) % len(paths)] for j in range(batch)]
+        t0 = time.perf_counter()
+        runtime.run(preprocess_batch([load_image(p) for p in chunk], manifest.preprocess))
+        times.append(time.perf_counter() - t0)
+    return summarize(np.asarray(times), backend=runtime.name, provider=runtime.provider, batch=batch,
+                     warmup_iters=0, shape=(3, 1, 1)).p50_ms
+
+
+def _predictions(runtime: Any, manifest: Manifest, paths: list[Path], batch: int = 32) -> np.ndarray:
+    from edgeprompt.manifest import OUTPUT_LOGITS
+    from edgeprompt.preprocess import load_image, preprocess_batch
+
+    out = []
+    for i in range(0, len(paths), batch):
+        pix = preprocess_batch([load_image(p) for p in paths[i : i + batch]], manifest.preprocess)
+        out.append(runtime.run(pix)[OUTPUT_LOGITS].argmax(-1))
+    return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+
+def bench(bundle: str | Path, data: str | Path | None = None, *, backends: Sequence[str] = BACKENDS,
+          batches: Sequence[int] = (1, 8, 32), warmup: int = 10, iters: int = 50, seconds: float | None = None,
+          e2e_iters: int = 10, max_images: int | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Benchmark ``bundle`` on each available backend; see the module docstring for what is measured."""
+    from edgeprompt.data import load_labeled
+    from edgeprompt.data.folder import match_classes
+
+    rep = reporter or NullReporter()
+    bundle = Path(bundle)
+    manifest = Manifest.read(bundle)
+    if manifest.kind != "bundle" or manifest.io is None:
+        raise ConfigError(f"{bundle} is not an export bundle: run `edgeprompt export RUN --out BUNDLE` first")
+    paths: list[Path] = []
+    labels = None
+    if data is not None:
+        ds = match_classes(list(manifest.classnames), load_labeled(data), "benchmark data")
+        keep = range(min(len(ds), max_images or len(ds)))
+        paths, labels = [ds.paths[i] for i in keep], np.array([ds.labels[i] for i in keep])
+    status = backend_status(bundle, backends)
+    precision = manifest.extra.get("export", {}).get("precision", "fp32")
+    rows: list[dict[str, Any]] = []
+    reference: np.ndarray | None = None
+    tick = rep.task("benchmarking")
+    usable = [b for b in backends if status[b] is None]
+    for k, name in enumerate(usable):
+        try:
+            runtime = _load(bundle, name)
+        except EdgePromptError as e:  # e.g. a GPU provider that fell back to CPU
+            status[name] = str(e)
+            continue
+        try:
+            acc = agree = None
+            if labels is not None:
+                pred = _predictions(runtime, manifest, paths)
+                acc = float((pred == labels).mean())
+                reference = pred if reference is None else reference
+                agree = float((pred == reference).mean())
+            for b in batches:
+                lat = measure_latency(runtime, b, warmup=warmup, iters=iters, seconds=seconds)
+                rows.append({
+                    "backend": name, "provider": runtime.provider, "status": "ok", "precision": precision,
+                    "size_mb": _size_mb(bundle, name, manifest), "batch": b, "top1": acc, "agreement": agree,
+                    "p50_ms": lat.p50_ms, "p90_ms": lat.p90_ms, "p99_ms": lat.p99_ms, "mean_ms": lat.mean_ms,
+                    "img_per_s": lat.throughput, "iters": lat.iters,
+                    "e2e_p50_ms": _e2e(runtime, manifest, paths, b, e2e_iters),
+                })
+        finally:
+            runtime.close()
+        tick(k + 1, len(usable), backend=name)
+    unavailable = {b: r for b, r in status.items() if r is not None}
+    return {"bundle": str(bundle), "method": manifest.method, "model": manifest.backbone.model,
+            "classes": manifest.num_classes, "data": str(data) if data else None, "n_images": len(paths),
+            "reference": next((r["backend"] for r in rows), None), "rows": rows, "unavailable": unavailable,
+            "environment": environment()}
+
+
+def report_markdown(result: dict[str, Any]) -> str:
+    """An ultralytics-style table (backend x batch) plus the unavailable backends and the environment line."""
+    rows = [{**r, "top1": None if r["top1"] is None else round(100 * r["top1"], 2),
+             "agreement": None if r["agreement"] is None else round(100 * r["agreement"], 2)} for r in result["rows"]]
+    env = result["environment"]
+    gpus = ", ".join(f"{g.get('name')} (driver {g.get('driver')})" for g in env.get("gpus") or []) or "no GPU"
+    head = (f"**{result['method']}** on {result['model']}, {result['classes']} classes; "
+            f"{env.get('cpu')} ({env.get('cpu_count')} cores), {gpus}; onnxruntime {env.get('onnxruntime')}, "
+            f"TensorRT {env.get('tensorrt') or 'not installed'}. Latency per call (batch) in ms; top-1 and agreement "
+            f"in % on {result['n_images']} images (agreement with {result['reference']}).\n\n")
+    missing = "".join(f"- `{b}` unavailable: {why}\n" for b, why in result["unavailable"].items())
+    return head + markdown_table(rows, COLUMNS) + "\n" + ("\n" + missing if missing else "")
