@@ -39,7 +39,7 @@ def tune(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.", rich_help_panel="Run")],
     method: Annotated[str, typer.Option("--method", "-m", help="zeroshot | coop | dspt | visprompt (see `edgeprompt models`).", rich_help_panel="Method")] = "dspt",
     loss: Annotated[str | None, typer.Option(help="CoOp's loss: ce | gce | mae.", rich_help_panel="Method")] = None,
-    gce_q: Annotated[float | None, typer.Option(help="GCE's q (default 0.7).", rich_help_panel="Method")] = None,
+    gce_q: Annotated[float | None, typer.Option(help="GCE's q (default: the method's; 0.7 for CoOp).", rich_help_panel="Method")] = None,
     n_ctx: Annotated[int | None, typer.Option(help="Context tokens M (default 16).", rich_help_panel="Method")] = None,
     ctx_init: Annotated[str | None, typer.Option(help="Initialise the context from words, e.g. 'a photo of a'.", rich_help_panel="Method")] = None,
     position: Annotated[str | None, typer.Option(help="Class token position: end | middle | front.", rich_help_panel="Method")] = None,
@@ -230,9 +230,9 @@ def demo(
 
 def register(app: typer.Typer) -> None:
     """Attach the workstation commands to ``app``."""
+    app.command(rich_help_panel="Start here")(command(demo))
+    app.add_typer(data_app, name="data", rich_help_panel="Start here")
     app.command(rich_help_panel="Tune")(command(tune))
     app.command("eval", rich_help_panel="Tune")(command(evaluate))
     app.command(rich_help_panel="Tune")(command(sweep))
-    app.command(rich_help_panel="Start here")(command(demo))
-    app.add_typer(data_app, name="data", rich_help_panel="Start here")
     app.command(rich_help_panel="Info")(command(models))

@@ -45,7 +45,7 @@ class PromptMethod(nn.Module):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
-    needs_tokens: ClassVar[bool] = False
+    needs_tokens: bool = False  # patch tokens in the feature cache; a method may decide per instance (VisPrompt)
     foldable: ClassVar[bool] = True
     trainable: ClassVar[bool] = True
 

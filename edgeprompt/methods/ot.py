@@ -1,0 +1,147 @@
+"""Optimal-transport sample selection (NLPrompt / VisPrompt): log-domain Sinkhorn and the clean/noisy split.
+
+Pure functions on tensors, no module state. Everything runs in float64: with the entropic regulariser
+``eps = 0.01`` and costs ``-log p`` of tens of nats, the Gibbs kernel ``exp(-cost / eps)`` underflows to zero for
+whole columns in the classic (scaling-vector) Sinkhorn, which then returns a plan that silently breaks the
+marginals (research/visprompt.md §2.4). The log-domain iteration below works on the potentials instead and never
+forms the kernel.
+
+The split: with uniform marginals (every sample carries mass 1/N, every class receives mass 1/K), the plan's row
+argmax is a pseudo-label that respects class balance; a sample is *clean* when that pseudo-label equals its given
+(possibly noisy) label.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def sinkhorn_log(
+    cost: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    eps: float = 0.01,
+    max_iter: int = 1000,
+    tol: float = 1e-6,
+    check_every: int = 10,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Entropic OT plan ``argmin <T, cost> - eps * H(T)`` s.t. ``T 1 = a``, ``T^T 1 = b``, in the log domain.
+
+    Alternating exact updates of the (eps-scaled) dual potentials ``f`` (rows) and ``g`` (columns):
+    ``f = log a - LSE_k(g_k - C_ik / eps)``, ``g = log b - LSE_i(f_i - C_ik / eps)``. After a ``g`` update the
+    column marginals are exact, so convergence is measured on the rows.
+
+    Args:
+        cost: (N, K) cost matrix (any float dtype; computed in float64).
+        a: (N,) row marginal, positive, summing to the same total as ``b``.
+        b: (K,) column marginal, positive.
+        eps: entropic regularisation (POT's ``reg``).
+        max_iter: iteration cap (POT's ``numItermax``).
+        tol: stop when the L1 norm of the row-marginal violation falls below this (POT checks an L2 norm).
+        check_every: iterations between convergence checks (each check costs one extra log-sum-exp, as in POT).
+
+    Returns:
+        ``(plan (N, K) float64, info)``; ``info`` has ``iterations``, ``err_rows`` and ``err_cols`` (L1 marginal
+        violations of the returned plan) and ``converged``.
+    """
+    if cost.dim() != 2 or cost.shape[0] == 0 or cost.shape[1] == 0:
+        raise ValueError(f"cost must be a non-empty (N, K) matrix, got shape {tuple(cost.shape)}")
+    if eps <= 0 or max_iter < 1:
+        raise ValueError(f"need eps > 0 and max_iter >= 1, got eps={eps}, max_iter={max_iter}")
+    m = -cost.to(torch.float64) / eps  # (N, K) log-kernel
+    a64, b64 = a.to(m), b.to(m)
+    if a64.shape != m.shape[:1] or b64.shape != m.shape[1:] or (a64 <= 0).any() or (b64 <= 0).any():
+        raise ValueError("marginals must be positive with shapes (N,) and (K,) matching the cost")
+    log_a, log_b = a64.log(), b64.log()
+    f = torch.zeros_like(log_a)  # (N,)
+    g = torch.zeros_like(log_b)  # (K,)
+    converged, it, err = False, 0, float("inf")
+    for it in range(1, max_iter + 1):
+        f = log_a - torch.logsumexp(m + g[None, :], dim=1)
+        g = log_b - torch.logsumexp(m + f[:, None], dim=0)
+        if it % check_every == 0 or it == max_iter:
+            rows = torch.logsumexp(m + f[:, None] + g[None, :], dim=1).exp()
+            err = float((rows - a64).abs().sum())
+            if err < tol:
+                converged = True
+                break
+    plan = (m + f[:, None] + g[None, :]).exp()
+    info = {
+        "iterations": it,
+        "err_rows": float((plan.sum(1) - a64).abs().sum()),
+        "err_cols": float((plan.sum(0) - b64).abs().sum()),
+        "converged": converged,
+    }
+    return plan, info
+
+
+def ot_split(
+    log_probs: torch.Tensor,
+    given: torch.Tensor,
+    eps: float = 0.01,
+    max_iter: int = 1000,
+    tol: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Split samples into clean / noisy by one global OT over the model's log-probabilities.
+
+    Cost ``-log p`` (the model's negative log-likelihood of each class; no ``+1e-8`` floor is needed in the
+    log domain), uniform marginals ``a = 1/N`` and ``b = 1/K``, pseudo-label = row argmax of the plan.
+
+    Args:
+        log_probs: (N, K) log-softmax of the model's logits.
+        given: (N,) given (possibly noisy) labels.
+        eps: entropic regularisation.
+        max_iter: Sinkhorn iteration cap.
+        tol: Sinkhorn tolerance on the row marginals.
+
+    Returns:
+        ``(clean (N,) bool, pseudo (N,) int64, info)``; ``info`` is Sinkhorn's plus ``clean_frac``.
+        Outputs live on ``log_probs``' device.
+    """
+    n, k = log_probs.shape
+    if given.shape != (n,):
+        raise ValueError(f"given labels must have shape ({n},), got {tuple(given.shape)}")
+    lp = log_probs.to(torch.float64)
+    a = torch.full((n,), 1.0 / n, dtype=torch.float64, device=lp.device)
+    b = torch.full((k,), 1.0 / k, dtype=torch.float64, device=lp.device)
+    plan, info = sinkhorn_log(-lp, a, b, eps=eps, max_iter=max_iter, tol=tol)
+    pseudo = plan.argmax(dim=1)
+    clean = pseudo == given.to(pseudo.device)
+    info["clean_frac"] = float(clean.double().mean())
+    return clean, pseudo, info
+
+
+def split_quality(clean_mask: torch.Tensor, true_clean_mask: torch.Tensor) -> dict[str, float]:
+    """How well a predicted clean mask matches the truly clean samples (given label == true label).
+
+    Args:
+        clean_mask: (N,) bool, predicted clean.
+        true_clean_mask: (N,) bool, truly clean.
+
+    Returns:
+        ``precision`` / ``recall`` / ``f1`` of the clean set, ``noisy_precision`` / ``noisy_recall`` of the noisy
+        set, ``accuracy`` of the split, ``clean_frac`` and ``true_clean_frac``. An empty denominator gives 0.0.
+    """
+    pred = torch.as_tensor(clean_mask).bool().reshape(-1).cpu()
+    true = torch.as_tensor(true_clean_mask).bool().reshape(-1).cpu()
+    if pred.shape != true.shape:
+        raise ValueError(f"mask shapes differ: {tuple(pred.shape)} vs {tuple(true.shape)}")
+
+    def ratio(num: torch.Tensor, den: torch.Tensor) -> float:
+        d = int(den.sum())
+        return int(num.sum()) / d if d else 0.0
+
+    precision, recall = ratio(pred & true, pred), ratio(pred & true, true)
+    n = max(len(pred), 1)
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "noisy_precision": ratio(~pred & ~true, ~pred),
+        "noisy_recall": ratio(~pred & ~true, ~true),
+        "accuracy": int((pred == true).sum()) / n,
+        "clean_frac": int(pred.sum()) / n,
+        "true_clean_frac": int(true.sum()) / n,
+    }

@@ -1,0 +1,297 @@
+"""VisPrompt: image-conditioned context tokens (cross-attention + FiLM + gate + FFN) trained with an OT split.
+
+Per image b the M learned context tokens C attend to the image's tokens, are modulated and gated, and the result
+``Ĉ_b`` replaces CoOp's shared context: ``[SOS] Ĉ_b name_k . [EOT]`` is encoded for every class k, so the text
+encoder runs once per (image, class) pair. That is exact and fast here because the ``[SOS] + Ĉ_b`` prefix is
+encoded once per image and shared by all classes (``TextEncoder.forward_shared``), and sequences are truncated to
+the longest real prompt. Before each epoch a global Sinkhorn OT over the whole training set splits the samples:
+clean ones train with CE, the others with GCE on their given label (research/visprompt.md §2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeprompt.backbone import FrozenCLIP, cosine_logits
+from edgeprompt.errors import ConfigError
+from edgeprompt.methods.base import METHODS, FeatureBatch, PromptMethod
+from edgeprompt.methods.ot import ot_split, split_quality
+from edgeprompt.methods.prompt_learner import PromptLearner
+
+KV_SOURCES = ("tokens", "pooled")
+RESIDUALS = ("blend", "add")
+
+
+def resolve_heads(width: int, heads: int, min_head_dim: int = 8) -> int:
+    """Largest head count <= ``heads`` that divides ``width`` with head dim >= ``min_head_dim`` (else 1).
+
+    8 heads of 64 for a 512-wide text tower (the released setting); 4 heads of 8 for a 32-wide test model.
+    """
+    for h in range(min(heads, width), 1, -1):
+        if width % h == 0 and width // h >= min_head_dim:
+            return h
+    return 1
+
+
+@dataclass(frozen=True)
+class VisPromptConfig:
+    """VisPrompt's prompt, block and loss settings (see the VisPrompt class docstring for the choices)."""
+
+    n_ctx: int = 16  # context tokens M, N(0, 0.02) init
+    heads: int = 8  # cross-attention heads (reduced to a divisor of the text width with head dim >= 8)
+    kv: str = "tokens"  # keys/values: tokens (pooled + patch tokens, the paper's figure) | pooled (released code)
+    residual: str = "blend"  # blend: C + g*(C~ - C) (figure) | add: C + g*C~ (released code)
+    ffn: bool = True  # pre-LN FFN residual after the gated FiLM
+    dropout: float = 0.1  # attention-weight and FFN dropout
+    zero_init: bool = True  # FiLM and FFN output layers start at 0: step 0 is exactly CoOp (False: PyTorch defaults)
+    gce_q: float = 0.5  # GCE's q on the OT-noisy samples
+    ot: bool = True  # per-epoch OT split (False: CE on every sample)
+    ot_eps: float = 0.01  # Sinkhorn entropic regularisation
+    ot_iters: int = 1000  # Sinkhorn iteration cap
+    ot_warmup: int = 0  # epochs of plain CE before the first OT split (0 = the released schedule)
+
+    def validate(self) -> None:
+        if self.kv not in KV_SOURCES:
+            raise ConfigError(f"kv must be one of {', '.join(KV_SOURCES)}, got {self.kv!r}")
+        if self.residual not in RESIDUALS:
+            raise ConfigError(f"residual must be one of {', '.join(RESIDUALS)}, got {self.residual!r}")
+        if self.n_ctx < 1 or self.heads < 1:
+            raise ConfigError(f"n_ctx and heads must be >= 1, got n_ctx={self.n_ctx}, heads={self.heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.gce_q <= 1.0:
+            raise ConfigError(f"gce_q must be in (0, 1], got {self.gce_q}")
+        if self.ot_eps <= 0 or self.ot_iters < 1 or self.ot_warmup < 0:
+            raise ConfigError("need ot_eps > 0, ot_iters >= 1 and ot_warmup >= 0")
+
+
+class CrossModalBlock(nn.Module):
+    """Context tokens (queries) attend to image tokens (keys/values); FiLM, a sigmoid gate and an FFN follow.
+
+    Args:
+        width: text width D (context tokens and projected image tokens).
+        heads: attention heads (must divide ``width``).
+        residual: 'blend' or 'add' (see :class:`VisPrompt`).
+        ffn: add the pre-LN FFN residual.
+        dropout: dropout on attention weights and inside the FFN.
+        zero_init: zero the FiLM and FFN output layers (identity block at init).
+    """
+
+    def __init__(self, width: int, heads: int, residual: str = "blend", ffn: bool = True, dropout: float = 0.1,
+                 zero_init: bool = True) -> None:
+        super().__init__()
+        if width % heads:
+            raise ConfigError(f"{heads} heads do not divide the text width {width}")
+        self.heads, self.residual, self.dropout = heads, residual, dropout
+        self.ln_ctx, self.ln_img = nn.LayerNorm(width), nn.LayerNorm(width)
+        # separate projections (not a packed in-projection) so W_q / W_k can be inspected and dropped on export
+        self.q_proj, self.k_proj = nn.Linear(width, width), nn.Linear(width, width)
+        self.v_proj, self.out_proj = nn.Linear(width, width), nn.Linear(width, width)
+        self.gamma, self.beta = nn.Linear(width, width), nn.Linear(width, width)
+        self.gate = nn.Linear(width, 1)
+        self.ffn: nn.Module | None = None
+        if ffn:
+            hidden = max(4 * width, 256)
+            self.ln_ffn = nn.LayerNorm(width)
+            self.ffn = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, width), nn.Dropout(dropout))
+        if zero_init:
+            zeroed = [self.gamma, self.beta] + ([self.ffn[3]] if self.ffn is not None else [])
+            for layer in zeroed:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def attend(self, ctx: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Multi-head cross-attention: (M, D) context queries over (B, T, D) image tokens -> (B, M, D).
+
+        Written out (matmul + softmax) rather than with a fused kernel: with T = 1 the softmax is exactly 1 and
+        autograd's softmax backward gives W_q / W_k an exactly zero gradient (a fused kernel may leave rounding).
+        """
+        h = self.heads
+        b, t, d = image.shape
+        q = self.q_proj(self.ln_ctx(ctx))  # (M, D): the queries do not depend on the image
+        z = self.ln_img(image)
+        k, v = self.k_proj(z), self.v_proj(z)  # (B, T, D)
+        # view, not unflatten: the legacy ONNX exporter freezes the batch dimension after an unflatten
+        q = q.view(q.shape[0], h, d // h).transpose(0, 1)  # (H, M, hd)
+        k = k.view(b, t, h, d // h).transpose(1, 2)  # (B, H, T, hd)
+        v = v.view(b, t, h, d // h).transpose(1, 2)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, M, T)
+        attn = F.dropout(scores.softmax(dim=-1), self.dropout, self.training)
+        out = (attn @ v).transpose(1, 2).flatten(-2)  # (B, M, D)
+        return self.out_proj(out)
+
+    def forward(self, ctx: torch.Tensor, image: torch.Tensor, parts: bool = False) -> Any:
+        """Per-image context (B, M, D) from the shared context ``ctx`` (M, D) and image tokens (B, T, D).
+
+        With ``parts`` also returns a dict of the intermediates (attention output, gamma, beta, gate; for tests).
+        """
+        a = self.attend(ctx, image)  # (B, M, D)
+        gamma, beta = self.gamma(a), self.beta(a)  # (B, M, D)
+        gate = torch.sigmoid(self.gate(a))  # (B, M, 1): one scalar per token per image
+        c = ctx.unsqueeze(0)  # (1, M, D), broadcast over the batch
+        modulated = (1 + gamma) * c + beta  # FiLM on the raw context (see VisPrompt: why not LN(C))
+        if self.residual == "blend":
+            out = c + gate * (modulated - c)
+        else:
+            out = c + gate * modulated
+        if self.ffn is not None:
+            out = out + self.ffn(self.ln_ffn(out))
+        if parts:
+            return out, {"attn": a, "gamma": gamma, "beta": beta, "gate": gate}
+        return out
+
+
+@METHODS.register("visprompt", help="VisPrompt: image-conditioned context (cross-attn + FiLM + gate); OT-split CE/GCE")
+class VisPrompt(PromptMethod):
+    """VisPrompt: per-image context tokens from a cross-modal block, trained on an OT clean/noisy split.
+
+    Architecture (text width D, M context tokens, image embedding width E)::
+
+        z  = image_project(normalize(image tokens))         (B, T, D)   Linear E -> D
+        A  = MHA(q = LN_ctx(C), k = v = LN_img(z))          (B, M, D)   C: (M, D) learned, N(0, 0.02)
+        C~ = (1 + gamma(A)) * C + beta(A)                   FiLM, token-wise
+        g  = sigmoid(gate(A))                               (B, M, 1)
+        C' = C + g * (C~ - C)          [residual='blend']   or  C + g * C~   [residual='add']
+        Ĉ  = C' + FFN(LN_ffn(C'))                           pre-LN, hidden max(4D, 256), GELU, dropout
+        logits_bk = logit_scale * cos(f_b, text([SOS] Ĉ_b name_k . [EOT]))
+
+    Choices where the paper's figure and the released code disagree (research/visprompt.md §1.3, §6.1):
+
+    (a) **Keys/values: image tokens by default** (``kv='tokens'``): the L2-normalised pooled embedding followed by
+        the patch tokens (the frozen ViT's final tokens, already projected into the joint space), T = 1 + patches.
+        This is what the figure draws and what lets each context token pick its own visual evidence. The released
+        code feeds only the pooled embedding (``kv='pooled'``, T = 1, cheaper, any backbone): there the softmax over
+        a single key is identically 1, the attention output is ``W_o(W_v z + b_v) + b_o`` for every query, and
+        **W_q, W_k and their biases receive exactly zero gradient** (they stay at their init; export may drop them).
+    (b) **Residual: the figure's convex blend** ``C + g ⊙ (C~ − C)`` by default: g interpolates between the plain
+        context and its modulated version, so whatever g the gate starts with, a zero modulation leaves the
+        prompt unchanged. The code's additive ``C + g ⊙ C~`` (``residual='add'``) adds the whole modulated context
+        on top of C, so at init it is ``(1 + g) C ≈ 1.5 C``.
+    (c) **Initialisation, and FiLM on C rather than LN(C)** (our decision; brief §1.4): with PyTorch default inits
+        the modulated context is ~28x the raw context at step 0, nowhere near CoOp or zero-shot CLIP, and the
+        figure's FiLM input LN(C) is itself at LayerNorm scale (std ~1, ~50x a CLIP word embedding), so any
+        blend with it moves the prompt off the word-embedding manifold. We therefore (1) apply FiLM to the raw
+        context C (the queries still use LN_ctx(C)) and (2) zero-init the FiLM (gamma, beta) and FFN output
+        layers (adaLN-Zero style). The block is then the identity at step 0: VisPrompt starts *exactly* as CoOp
+        with the same random context. C and the zero layers get gradients from the first step; everything behind
+        them (attention, gate, image projection, FFN hidden layer) from the second. ``zero_init=False`` restores
+        PyTorch defaults (then the modulated context starts ~10x the raw one).
+    (d) **OT on centre views** (deviation): each epoch's split scores the centre-crop view of every training image
+        (``TrainSet.eval_pooled`` / ``eval_tokens``), not a random augmented view as the released code does, so the
+        split reflects the model rather than the crop it happened to draw. The OT is one global Sinkhorn over all
+        N samples (NLPrompt's granularity; the released mini-batch OT is ill-posed when B < K), log-domain, fp64.
+
+    Loss: CE on OT-clean samples, GCE(q) on OT-noisy ones, both on the *given* label, mixed in one batch and
+    averaged per sample (the released code runs a CE pass over the clean subset then a GCE pass over the noisy
+    one; per-sample weights are the same). There is no OT at inference. Not foldable: the text features depend on
+    the image, so :meth:`text_features` raises; export traces :meth:`forward` after the image encoder.
+    """
+
+    name = "visprompt"
+    Config = VisPromptConfig
+    foldable = False
+
+    def __init__(self, backbone: FrozenCLIP, classnames: list[str], cfg: VisPromptConfig) -> None:
+        super().__init__(backbone, classnames, cfg)
+        if cfg.kv == "tokens" and not backbone.has_patch_tokens:
+            raise ConfigError(f"{backbone.name} has no patch tokens (only ViT image towers do): "
+                              "use a ViT backbone or --opt kv=pooled")
+        # CoOp's learner supplies the context parameter and the frozen [SOS] / name . [EOT] embeddings
+        self.prompt = PromptLearner(backbone, classnames, cfg.n_ctx)
+        width = backbone.text.width
+        self.image_project = nn.Linear(backbone.embed_dim, width)
+        self.block = CrossModalBlock(width, resolve_heads(width, cfg.heads), cfg.residual, cfg.ffn, cfg.dropout,
+                                     cfg.zero_init)
+        self.scale = backbone.logit_scale
+        self._clean: torch.Tensor | None = None  # (N,) bool OT split of the current epoch; None = CE everywhere
+
+    @property
+    def needs_tokens(self) -> bool:  # type: ignore[override]  # depends on the config (kv)
+        return self.cfg.kv == "tokens"
+
+    # --- forward ----------------------------------------------------------------------------------------------
+    def image_tokens(self, batch: FeatureBatch) -> torch.Tensor:
+        """Keys/values (B, T, D): projected, normalised pooled embedding [+ patch tokens]."""
+        dtype = self.image_project.weight.dtype
+        img = batch.pooled.unsqueeze(1).to(dtype)  # (B, 1, E)
+        if self.cfg.kv == "tokens":
+            if batch.tokens is None:
+                raise ConfigError("visprompt with kv='tokens' needs patch tokens in the batch (FeatureBatch.tokens)")
+            img = torch.cat([img, batch.tokens.to(dtype)], dim=1)  # (B, 1 + T, E)
+        return self.image_project(F.normalize(img, dim=-1))
+
+    def context(self, batch: FeatureBatch) -> torch.Tensor:
+        """Per-image context tokens Ĉ (B, M, D)."""
+        return self.block(self.prompt.ctx, self.image_tokens(batch))
+
+    def encode_prompts(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Text features (B, C, E), not normalised, of ``[SOS] ctx_b name_c . [EOT]`` for every image and class."""
+        p = self.prompt
+        b, n_cls = ctx.shape[0], p.token_suffix.shape[0]
+        # (B, 1, D): [SOS] is the same for every class; expand_as keeps the batch symbolic when traced for export
+        sos = p.token_prefix[:1].to(ctx.dtype).expand_as(ctx[:, :1])
+        if p.share_prefix:
+            return p.text.forward_shared(torch.cat([sos, ctx], dim=1), p.token_suffix.to(ctx.dtype), p.eot)
+        # fallback for towers without prefix sharing: B·C truncated sequences
+        emb = torch.cat([sos.unsqueeze(1).expand(-1, n_cls, -1, -1), ctx.unsqueeze(1).expand(-1, n_cls, -1, -1),
+                         p.token_suffix.unsqueeze(0).expand(b, -1, -1, -1).to(ctx.dtype)], dim=2)  # (B, C, L, D)
+        return p.text(emb.flatten(0, 1), p.eot.repeat(b)).view(b, n_cls, -1)
+
+    def forward(self, batch: FeatureBatch) -> torch.Tensor:
+        return cosine_logits(batch.pooled, self.encode_prompts(self.context(batch)), self.scale)
+
+    # --- training ---------------------------------------------------------------------------------------------
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, batch: FeatureBatch) -> dict[str, torch.Tensor]:
+        ce_i = F.cross_entropy(logits.float(), target, reduction="none")  # (B,)
+        if self._clean is None or batch.index is None:
+            return {"loss": ce_i.mean()}
+        clean = self._clean.to(logits.device)[batch.index.to(logits.device)]  # (B,) bool
+        q = self.cfg.gce_q
+        gce_i = (1.0 - (torch.exp(-ce_i) + 1e-6) ** q) / q  # p_y = exp(-CE); same form as losses.gce
+        return {"loss": torch.where(clean, ce_i, gce_i).mean(), "clean_frac": clean.float().mean()}
+
+    @torch.no_grad()
+    def _score(self, pooled: torch.Tensor, tokens: torch.Tensor | None, batch_size: int = 256) -> torch.Tensor:
+        """Logits (N, C) in eval mode; the trainer's ``predict`` does the same and is preferred when given."""
+        was_training = self.training
+        self.eval()
+        device = self.prompt.token_prefix.device
+        out = []
+        for i in range(0, len(pooled), batch_size):
+            tok = tokens[i : i + batch_size].to(device).float() if tokens is not None else None
+            out.append(self(FeatureBatch(pooled[i : i + batch_size].to(device).float(), tok)).float().cpu())
+        self.train(was_training)
+        return torch.cat(out)
+
+    def epoch_start(self, ctx: dict[str, Any]) -> dict[str, float]:
+        """Global OT split of the training set under the current model (centre views); returns its metrics."""
+        data = ctx["data"]
+        if not self.cfg.ot or ctx.get("epoch", 0) < self.cfg.ot_warmup:
+            self._clean = None
+            return {}
+        pooled = data.eval_pooled if data.eval_pooled is not None else data.pooled[:, 0]
+        tokens = None
+        if self.needs_tokens:
+            tokens = data.eval_tokens if data.eval_tokens is not None else data.tokens[:, 0]
+        predict = ctx.get("predict")
+        logits = predict(self, pooled, tokens) if predict is not None else self._score(pooled, tokens)  # (N, C)
+        device = ctx.get("device") or logits.device
+        given = data.labels.to(device)
+        clean, pseudo, info = ot_split(logits.to(device).log_softmax(-1), given, self.cfg.ot_eps, self.cfg.ot_iters)
+        self._clean = clean
+        metrics = {"ot_clean_frac": info["clean_frac"], "ot_iters": float(info["iterations"]),
+                   "ot_converged": float(info["converged"]), "ot_err": info["err_rows"]}
+        if data.true_labels is not None:
+            true = data.true_labels.to(device)
+            q = split_quality(clean, true == given)
+            metrics.update(ot_precision=q["precision"], ot_recall=q["recall"],
+                           ot_noisy_precision=q["noisy_precision"], ot_noisy_recall=q["noisy_recall"],
+                           ot_pseudo_acc=float((pseudo == true).double().mean()))
+        return metrics
