@@ -272,26 +272,14 @@ def _demo_export(out: Path, data: Path, rows: list[dict[str, Any]], rep: Reporte
 
 
 def export(source: str | Path, out: str | Path | None = None, *, onnx: bool = True, trt: bool = False,
-           fp16: bool = False, opset: int = 17, max_batch: int = 32, overwrite: bool = False,
+           fp16: bool = False, opset: int = 17, max_batch: int = 32, n_check: int = 32, overwrite: bool = False,
            reporter: Reporter | None = None) -> dict[str, Any]:
-    """Export a run directory into a bundle (workstation, torch), or build the TensorRT engine of an existing
-    bundle in place (``source`` is a bundle; on the target, no torch)."""
-    from edgeprompt.manifest import Manifest
+    """Export a run directory into a bundle (workstation, torch; default ``RUN-bundle``), or build the TensorRT
+    engine of an existing bundle in place (``source`` is a bundle; on the target, no torch)."""
+    from edgeprompt.export import export as run_export
 
-    kind = Manifest.read(source).kind
-    if kind == "bundle":
-        if not trt:
-            raise ConfigError(f"{source} is already a bundle: pass --trt to build its TensorRT engine here")
-        from edgeprompt.export.target import build_trt
-
-        return build_trt(source, fp16=fp16, max_batch=max_batch, reporter=reporter)
-    if out is None:
-        raise ConfigError("pass --out BUNDLE_DIR for the bundle to create")
-    from edgeprompt.export.bundle import export_run
-
-    return export_run(source, out, onnx=onnx, trt=trt, fp16=fp16, opset=opset, max_batch=max_batch,
-                      overwrite=overwrite, reporter=reporter)
-
+    return run_export(source, out, onnx=onnx, trt=trt, fp16=fp16, opset=opset, max_batch=max_batch,
+                      n_check=n_check, overwrite=overwrite, reporter=reporter)
 
 def bench(bundle: str | Path, data: str | Path | None = None, *, backends: list[str] | None = None,
           batches: list[int] | None = None, warmup: int = 10, iters: int = 50, seconds: float | None = None,

@@ -129,6 +129,31 @@ def _build_open_clip(model: str, pretrained: str | None) -> nn.Module:
         ) from e
 
 
+def tower_features(
+    visual: nn.Module, images: torch.Tensor, with_tokens: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pooled embeddings (B, E) and, with ``with_tokens``, patch tokens (B, T, E) from an open_clip image tower.
+
+    ``images`` are CLIP-normalised. Patch tokens are the ViT's final tokens (after ``ln_post``), projected with the
+    visual projection into the joint embedding space so they live where the pooled embedding lives. Only ViT towers
+    expose them. Takes the tower as an argument so export can run the same code on an FP16 copy.
+    """
+    if not with_tokens:
+        return visual(images), None
+    if not hasattr(visual, "output_tokens"):
+        raise ConfigError("this needs patch tokens, which only ViT image towers have: use a ViT backbone, "
+                          "or VisPrompt's pooled key/value option (--opt kv=pooled)")
+    visual.output_tokens = True
+    try:
+        pooled, tokens = visual(images)
+    finally:
+        visual.output_tokens = False
+    proj = getattr(visual, "proj", None)
+    if proj is not None and tokens.shape[-1] == proj.shape[0]:
+        tokens = tokens @ proj
+    return pooled, tokens
+
+
 class FrozenCLIP(nn.Module):
     """A frozen open_clip CLIP with the pieces prompt tuning needs.
 
@@ -190,27 +215,10 @@ class FrozenCLIP(nn.Module):
     def encode_image(
         self, images: torch.Tensor, with_tokens: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Pooled image embeddings (B, E), not normalised; with ``with_tokens`` also patch tokens (B, T, E).
-
-        ``images`` are already CLIP-normalised. Patch tokens are the ViT's final tokens (after ``ln_post``),
-        projected with the visual projection into the joint embedding space so they live where the pooled
-        embedding lives. Only ViT towers expose them.
-        """
-        visual = self.model.visual
-        if not with_tokens:
-            return visual(images)
-        if not self.has_patch_tokens:
-            raise ConfigError(f"{self.name} has no patch tokens (only ViT image towers do): use a ViT backbone, "
-                              f"or VisPrompt's pooled key/value option (--kv pooled)")
-        visual.output_tokens = True
-        try:
-            pooled, tokens = visual(images)
-        finally:
-            visual.output_tokens = False
-        proj = getattr(visual, "proj", None)
-        if proj is not None and tokens.shape[-1] == proj.shape[0]:
-            tokens = tokens @ proj
-        return pooled, tokens
+        """Pooled image embeddings (B, E), not normalised; with ``with_tokens`` also patch tokens (B, T, E)
+        (see :func:`tower_features`). ``images`` are already CLIP-normalised."""
+        pooled, tokens = tower_features(self.model.visual, images, with_tokens)
+        return (pooled, tokens) if with_tokens else pooled
 
     # --- text side --------------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> torch.Tensor:

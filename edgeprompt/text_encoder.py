@@ -34,7 +34,7 @@ def _split_attention(
         attention outputs for the prefix (B, P, D) and the suffixes (B, C, S, D).
     """
     h = attn.num_heads
-    b, c, s, d = xs.shape
+    _, c, s, d = xs.shape  # the batch is left as -1 below: a traced graph must not freeze it
     p, hd = xp.shape[1], d // h
     qp, kp, vp = (t.unflatten(-1, (h, hd)).transpose(1, 2)  # (B, H, P, hd)
                   for t in F.linear(xp, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
@@ -42,14 +42,14 @@ def _split_attention(
                   for t in F.linear(xs, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
     out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)  # (B, H, P, hd)
     scale = hd**-0.5
-    to_prefix = (qs.reshape(b, h, c * s, hd) @ kp.transpose(-1, -2)).view(b, h, c, s, p)  # (B, H, C, S, P)
+    to_prefix = (qs.reshape(-1, h, c * s, hd) @ kp.transpose(-1, -2)).view(-1, h, c, s, p)  # (B, H, C, S, P)
     to_self = qs @ ks.transpose(-1, -2)  # (B, H, C, S, S), causal within the suffix
     causal = torch.ones(s, s, dtype=torch.bool, device=xs.device).triu(1)
     scores = torch.cat([to_prefix, to_self.masked_fill(causal, float("-inf"))], dim=-1) * scale
     weights = scores.softmax(dim=-1)  # (B, H, C, S, P+S)
-    out_s = (weights[..., :p].reshape(b, h, c * s, p) @ vp).view(b, h, c, s, hd) + weights[..., p:] @ vs
-    out_p = out_p.transpose(1, 2).reshape(b, p, d)
-    out_s = out_s.permute(0, 2, 3, 1, 4).reshape(b, c, s, d)
+    out_s = (weights[..., :p].reshape(-1, h, c * s, p) @ vp).view(-1, h, c, s, hd) + weights[..., p:] @ vs
+    out_p = out_p.transpose(1, 2).reshape(-1, p, d)
+    out_s = out_s.permute(0, 2, 3, 1, 4).reshape(-1, c, s, d)
     return attn.out_proj(out_p), attn.out_proj(out_s)
 
 

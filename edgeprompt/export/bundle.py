@@ -1,0 +1,170 @@
+"""``edgeprompt export RUN_DIR --out BUNDLE``: a tuned run becomes a deployable bundle, or nothing at all.
+
+```
+BUNDLE/
+  manifest.json     kind 'bundle': IOSpec, class names, preprocessing, logit scale, file hashes, export settings,
+                    parity numbers, FP16 handling, source run
+  model.onnx        pixels in [0, 1] -> logits, probs (normalisation, prompt and softmax inside the graph)
+  model.onnx.data   only for graphs over ~1.8 GiB or when asked (``external_data=True``); found by relative path
+  trtexec.sh        the equivalent TensorRT build command, to run on the target
+  model.engine      only with ``trt=True`` on a machine with TensorRT and a GPU (usually: the target)
+```
+
+The bundle is assembled in a temporary folder beside ``OUT`` and renamed into place only after the parity gate
+passed (:func:`edgeprompt.fileio.atomic_dir`): a failed gate, a failed build or an interrupt leaves nothing. ``--trt``
+on a machine without TensorRT or a GPU fails before anything is read or written. torch is imported inside the
+function, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeprompt.errors import ConfigError
+from edgeprompt.export import check_formats
+from edgeprompt.export.target import build_engine_into, require_trt_build
+from edgeprompt.export.tensorrt import TRTEXEC_SCRIPT, write_trtexec_script
+from edgeprompt.fileio import atomic_dir, sha256_file
+from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, IOSpec, Manifest
+from edgeprompt.progress import NullReporter, Reporter
+
+log = logging.getLogger(__name__)
+
+
+def onnx_metadata_for(manifest: Manifest, io: IOSpec, precision: str, run_dir: Path) -> dict[str, str]:
+    """The manifest's key fields as ONNX ``metadata_props`` strings (so the ONNX file describes itself)."""
+    return {
+        "edgeprompt.method": manifest.method,
+        "edgeprompt.backbone": json.dumps(manifest.backbone.to_dict()),
+        "edgeprompt.classnames": json.dumps(list(manifest.classnames)),
+        "edgeprompt.preprocess": json.dumps(manifest.preprocess.to_dict()),
+        "edgeprompt.logit_scale": repr(float(manifest.logit_scale)),
+        "edgeprompt.io": json.dumps(io.to_dict()),
+        "edgeprompt.precision": precision,
+        "edgeprompt.source_run": str(run_dir),
+    }
+
+
+def _validate(opset: int, max_batch: int, n_check: int) -> None:
+    if opset < 17:
+        raise ConfigError(f"--opset {opset} is too old: use 17 or newer (LayerNormalization; TensorRT's FP16-safe "
+                          f"normalisation)")
+    if max_batch < 1 or n_check < 1:
+        raise ConfigError(f"--max-batch and the number of check images must be >= 1 (got {max_batch}, {n_check})")
+
+
+def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, onnx: bool = True,
+               trt: bool = False, fp16: bool = False, opset: int = 17, max_batch: int = 32, n_check: int = 32,
+               exporter: str = "auto", external_data: bool | None = None, overwrite: bool = False,
+               reporter: Reporter | None = None) -> dict[str, Any]:
+    """Export a tuned run into a bundle directory, gated on torch/onnxruntime parity.
+
+    Args:
+        run_dir: Run directory from ``edgeprompt tune``.
+        out: Bundle directory to create.
+        onnx: Write ``model.onnx`` (it is always written: it is what every runtime and the engine build read).
+        trt: Also build ``model.engine`` here (needs TensorRT and a GPU; usually done on the target with
+            ``edgeprompt export BUNDLE --trt``).
+        fp16: Export FP16 weights with FP32 I/O, LayerNorm, normalisation, class MatMul and softmax; gated with the
+            FP16 rule. TensorRT 11 needs this for an FP16 engine.
+        opset: ONNX opset (>= 17).
+        max_batch: Largest batch of the TensorRT profile (``trtexec.sh`` and ``trt``).
+        n_check: Images of the run's tuning split used by the parity gate.
+        exporter: 'auto', 'legacy' or 'dynamo' (see :mod:`edgeprompt.export.onnx`).
+        external_data: Weights in ``model.onnx.data`` (None: only when the graph is over ~1.8 GiB).
+        overwrite: Replace an existing ``out`` (only once the new bundle is complete).
+        reporter: Progress reporting (default: log only).
+
+    Returns:
+        A summary: bundle path, method, graph kind, precision, opset, exporter, file sizes, parity numbers,
+        engine info (or None), time.
+
+    Raises:
+        ConfigError: Bad options, or ``out`` exists without ``overwrite``.
+        MissingDependencyError: ``trt`` without TensorRT (before anything is written).
+        ExportError: No GPU for ``trt``, tracing failed, or the parity gate failed (no bundle is written).
+        ArtifactError: ``run_dir`` is not a valid run directory.
+    """
+    formats = check_formats(onnx, trt)
+    _validate(opset, max_batch, n_check)
+    if trt:
+        require_trt_build()  # one line, before any file is read or written
+    out, run_dir = Path(out), Path(run_dir)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists: pass --overwrite, or choose another --out")
+
+    import torch
+
+    from edgeprompt.artifact import load_run
+    from edgeprompt.export.graph import build_graph
+    from edgeprompt.export.onnx import export_onnx, external_data_files, onnx_metadata, onnx_summary
+    from edgeprompt.export.verify import check_image_paths, load_check_pixels, parity_gate
+
+    rep = reporter or NullReporter()
+    t0 = time.perf_counter()
+    precision = "fp16" if fp16 else "fp32"
+    steps = 3 + trt
+    tick = rep.task(f"exporting {run_dir.name} ({precision}, {'+'.join(formats)})")
+    run = load_run(run_dir, device="cpu")
+    tick(1, steps, step="loaded run")
+    spec = dataclasses.replace(run.manifest.preprocess, normalize_in_graph=True)  # the graph normalises
+    graph = build_graph(run.backbone, run.method, spec, precision)
+    io = IOSpec.classifier(spec.image_size, run.manifest.num_classes)
+    paths = check_image_paths(run_dir, n_check)
+    pixels, source = load_check_pixels(paths, spec, n_check)
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        onnx_path = export_onnx(graph, tmp / ONNX_FILE, io, opset=opset, exporter=exporter,
+                                metadata=onnx_metadata_for(run.manifest, io, precision, run_dir),
+                                external_data=external_data)
+        tick(2, steps, step="traced")
+        parity = parity_gate(run.backbone, run.method, onnx_path, pixels, precision=precision,
+                             logit_scale=graph.logit_scale, source=source, threads=torch.get_num_threads())
+        tick(3, steps, step="parity passed")
+        script = write_trtexec_script(tmp, io, fp16=fp16, max_batch=max_batch, onnx_fp16=fp16)
+        engine = None
+        if trt:
+            engine = build_engine_into(tmp, io, fp16=fp16, onnx_fp16=fp16, max_batch=max_batch)
+            tick(4, steps, step="engine built")
+        data_files = [str(f) for f in external_data_files(onnx_path)]
+        files = {ONNX_FILE: sha256_file(onnx_path), **{f: sha256_file(tmp / f) for f in data_files}}
+        files[TRTEXEC_SCRIPT] = sha256_file(script)
+        if engine is not None:
+            files[ENGINE_FILE] = engine.pop("sha256")
+        summary = onnx_summary(onnx_path)
+        settings = {
+            "precision": precision, "opset": summary["opset"], "exporter": onnx_metadata(onnx_path).get(
+                "edgeprompt.exporter"), "max_batch": max_batch, "n_check": n_check, "dynamic_batch": True,
+            "external_data": data_files,
+        }
+        extra = {
+            "source_run": str(run_dir.resolve()),
+            "run_created": run.manifest.created,
+            "method_config": run.manifest.extra.get("method_config", {}),
+            "export": settings,
+            "graph": graph.info,
+            "parity": parity,
+            "engine": engine,
+        }
+        if fp16:
+            extra["fp16"] = {"weights": "fp16", "io": "fp32", "kept_fp32": graph.info["fp32_ops"],
+                             "initializers": summary["initializers"],
+                             "note": "FP16 is in the graph (TensorRT 11 follows it; TensorRT 10 builds it typed)"}
+        manifest = Manifest(kind="bundle", method=run.manifest.method, backbone=run.manifest.backbone,
+                            classnames=run.manifest.classnames, preprocess=spec, logit_scale=run.manifest.logit_scale,
+                            io=io, files=files, extra=extra)
+        manifest.write(tmp)
+        sizes = {name: round((tmp / name).stat().st_size / 1e6, 3) for name in files}
+    rep.message(f"bundle {out}: {graph.info['graph']} {precision} graph, opset {settings['opset']}, parity "
+                f"top-1 {parity['top1_agreement']:.4f}, max |Δlogit| {parity['max_abs_logit_diff']:.2e}")
+    return {
+        "bundle": str(out), "run_dir": str(run_dir), "method": run.manifest.method, "graph": graph.info["graph"],
+        "precision": precision, "opset": settings["opset"], "exporter": settings["exporter"], "files_mb": sizes,
+        "parity": parity, "engine": engine, "time_s": round(time.perf_counter() - t0, 2),
+    }
