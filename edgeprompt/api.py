@@ -67,7 +67,8 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         val = match_classes(few.classnames, load_labeled(cfg.val, strict=cfg.strict), "validation set")
 
     out = Path(cfg.out)
-    resolved = cfg.to_dict() | {"method_options": asdict(method_cfg)}
+    # what defines the result (the overwrite flag does not, so it never blocks a resume)
+    resolved = {k: v for k, v in cfg.to_dict().items() if k != "overwrite"} | {"method_options": asdict(method_cfg)}
     work = _prepare_workdir(out, resolved, cfg.overwrite)
 
     torch.manual_seed(cfg.train_cfg.seed)
