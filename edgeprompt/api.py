@@ -77,7 +77,8 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     method = create_method(cfg.method, backbone, list(few.classnames), **asdict(method_cfg)).to(device)
     cache = FeatureCache(backbone, cfg.cache_dir)
     tokens = method.needs_tokens
-    pooled, tok = cache.features(few.paths, AugmentSpec(views=cfg.views), tokens, rep.task("encoding train views"))
+    aug = AugmentSpec(views=cfg.views, scale=(cfg.crop_scale, 1.0))
+    pooled, tok = cache.features(few.paths, aug, tokens, rep.task("encoding train views"))
     eval_pooled, eval_tok = cache.features(few.paths, None, tokens, rep.task("encoding train (centre)"))
     val_set = None
     if val is not None:
@@ -224,7 +225,10 @@ def data_shapes(out: str | Path, *, task: str = "shape", per_class: int = 32, do
 DEMO_METHODS = ("zeroshot", "coop", "dspt")
 
 
-def demo(out: str | Path = "edgeprompt-demo", *, noise: str = "sym:0.5", shots: int = 16, epochs: int = 50,
+DEMO_CROP_SCALE = 0.5  # the world's 32-pixel images: CoOp's 0.08 crops often cut the shape out of the view
+
+
+def demo(out: str | Path = "edgeprompt-demo", *, noise: str = "sym:0.5", shots: int = 16, epochs: int = 200,
          seed: int = 0, export: bool = True, reporter: Reporter | None = None) -> dict[str, Any]:
     """The main job, offline: generate the shapes world, tune zero-shot, CoOp and DSPT on noisy labels, evaluate
     each on the clean test split, then export the DSPT run and check the bundle against the torch evaluation."""
@@ -241,7 +245,7 @@ def demo(out: str | Path = "edgeprompt-demo", *, noise: str = "sym:0.5", shots: 
     for method in DEMO_METHODS:
         run_dir = out / "runs" / method
         res = tune(TuneConfig(train=str(data / "train"), out=str(run_dir), method=method, shots=shots, noise=noise,
-                              cache_dir=cache, overwrite=True,
+                              cache_dir=cache, overwrite=True, crop_scale=DEMO_CROP_SCALE,
                               train_cfg=TrainConfig(epochs=epochs, seed=seed, eval_every=0)), rep)
         test = evaluate(run_dir, data / "test", cache_dir=cache)
         train = evaluate(run_dir, on_train=True, cache_dir=cache)

@@ -51,6 +51,7 @@ class TuneConfig:
     noise: str = "none"  # none | sym:R | asym:R | map:FILE:R
     val: str | None = None
     views: int = 8  # augmented views per training image in the feature cache
+    crop_scale: float = 0.08  # smallest random-resized-crop area (CoOp's 0.08; raise it for tiny or centred images)
     cache_dir: str | None = None  # default: $EDGEPROMPT_CACHE or ~/.cache/edgeprompt
     strict: bool = False  # unreadable images are fatal instead of skipped
     classnames_file: str | None = None

@@ -53,6 +53,7 @@ def tune(
     classnames: Annotated[Path | None, typer.Option(help="File with one class name per line (sorted folder order).", rich_help_panel="Data")] = None,
     strict: Annotated[bool, typer.Option(help="Fail on unreadable images instead of skipping them.", rich_help_panel="Data")] = False,
     views: Annotated[int, typer.Option(help="Augmented views per image in the feature cache.", rich_help_panel="Data")] = 8,
+    crop_scale: Annotated[float, typer.Option(help="Smallest random-resized-crop area of the views (CoOp: 0.08).", rich_help_panel="Data")] = 0.08,
     epochs: Annotated[int, typer.Option(help="Training epochs.", rich_help_panel="Optimisation")] = 50,
     batch_size: Annotated[int, typer.Option(help="Batch size.", rich_help_panel="Optimisation")] = 32,
     optimizer: Annotated[str, typer.Option(help="sgd | adamw.", rich_help_panel="Optimisation")] = "sgd",
@@ -78,7 +79,7 @@ def tune(
     options.update(parse_options(opt or []))
     cfg = TuneConfig(
         train=str(train), out=str(out), method=method, method_options=options, model=model, pretrained=pretrained,
-        shots=shots, noise=noise, val=str(val) if val else None, views=views,
+        shots=shots, noise=noise, val=str(val) if val else None, views=views, crop_scale=crop_scale,
         cache_dir=str(cache_dir) if cache_dir else None, strict=strict,
         classnames_file=str(classnames) if classnames else None, overwrite=overwrite,
         train_cfg=TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, seed=seed,
@@ -200,7 +201,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Working folder (data, runs, bundle).")] = Path("edgeprompt-demo"),
     noise: Annotated[str, typer.Option(help="Label noise applied to the tuning set.")] = "sym:0.5",
     shots: Annotated[int, typer.Option(help="Samples per class.")] = 16,
-    epochs: Annotated[int, typer.Option(help="Epochs per method.")] = 50,
+    epochs: Annotated[int, typer.Option(help="Epochs per method.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     export: Annotated[bool, typer.Option("--export/--no-export", help="Export the DSPT run and check the bundle.")] = True,
     as_json: JSON = False,

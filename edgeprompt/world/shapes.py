@@ -1,0 +1,433 @@
+"""A procedural world of coloured shapes on textured backgrounds, with captions (numpy + PIL, no torch).
+
+Two domains share the same objects:
+
+- ``pretrain``: clean renders; captions use the pretraining vocabulary. The tiny CLIP is trained on these.
+- ``downstream``: the labeled folders users tune on. The images are shifted (colour cast, lower contrast, blur,
+  sensor noise, small distractor shapes, a background texture never seen in pretraining), and some class names
+  are words the captions never used (``RENAMED``: "rhombus" for diamond, "plus sign" for cross, "half moon" for
+  crescent, …). The image shift is mostly out of a prompt's reach; the renamed classes are the part of the
+  zero-shot gap that a learned prompt can close, as with real datasets whose label words differ from web captions.
+
+Everything is a pure function of a seed: ``ImageSpec`` holds every random choice, ``render`` draws it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from edgeprompt.errors import ConfigError
+from edgeprompt.registry import suggest
+
+# fmt: off
+TASKS = ("shape", "color", "shape-color")
+DOMAINS = ("pretrain", "downstream")
+SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross",
+          "hexagon", "pentagon", "heart", "crescent", "ring", "arrow")
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35), "orange": (245, 135, 20), "yellow": (240, 215, 30), "green": (35, 165, 55),
+    "cyan": (30, 200, 210), "blue": (35, 70, 215), "purple": (135, 50, 185), "pink": (245, 115, 185),
+}
+TEXTURES = {"pretrain": ("flat", "stripes", "checker", "noise", "gradient"),
+            "downstream": ("flat", "stripes", "checker", "noise", "gradient", "dots")}
+SIZES: dict[str, tuple[float, float]] = {"small": (0.19, 0.25), "medium": (0.25, 0.32), "large": (0.32, 0.40)}
+# Downstream label words that pretraining captions never contain: the text-side part of the domain gap.
+# Five of the twelve shapes are renamed: with three, clean 16-shot CoOp gained only ~5 points over zero-shot
+# (the image-side shift dominated); with five, zero-shot falls to ~45 % and a tuned prompt gains ~12 points.
+RENAMED: dict[str, str] = {"diamond": "rhombus", "cross": "plus sign", "ring": "donut", "star": "pentagram",
+                           "crescent": "half moon", "purple": "violet", "cyan": "teal"}
+# Caption words per attribute value; synonyms make the text side less brittle.
+_SIZE_WORDS = {"small": ("small", "little"), "medium": ("medium", "medium-sized"), "large": ("large", "big")}
+_TEXTURE_WORDS = {"flat": ("plain", "flat"), "stripes": ("striped",), "checker": ("checkered", "checkerboard"),
+                  "noise": ("noisy", "mottled"), "gradient": ("gradient", "shaded"), "dots": ("dotted",)}
+_TEMPLATES = (
+    "{shape}", "a {shape}", "a photo of a {shape}", "an image of a {shape}", "a {shape} shape",
+    "a picture of a {shape}", "{color} {shape}", "a {color} {shape}", "a photo of a {color} {shape}",
+    "a drawing of a {color} {shape}", "a {size} {shape}", "a {size} {color} {shape}",
+    "a photo of a {size} {color} {shape}", "a {color} {shape} on a {texture} background",
+    "a {size} {color} {shape} on a {texture} background", "a {shape} on a {texture} background",
+    "a {texture} background with a {color} {shape}", "there is a {color} {shape} in the picture",
+    "a {color} shape", "something {color}", "a photo of a {color} object", "a {size} shape",
+    "a shape on a {texture} background",
+)
+# fmt: on
+_SS = 4  # supersampling factor for anti-aliased shape edges
+Distractor = tuple[str, tuple[int, int, int], float, float, float, float]  # (shape, rgb, radius, cx, cy, angle)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Every random choice behind one image; lengths are fractions of the canvas so any size renders it."""
+
+    shape: str
+    color: str
+    size: str  # caption bucket of ``radius``: small / medium / large
+    texture: str
+    domain: str
+    radius: float  # shape radius / canvas side
+    cx: float  # shape centre / canvas side
+    cy: float
+    angle: float  # degrees, counter-clockwise
+    rgb: tuple[int, int, int]  # the colour's RGB after jitter
+    bg: tuple[tuple[int, int, int], tuple[int, int, int]]  # the texture's two colours
+    period: float  # texture period / canvas side
+    tex_angle: float  # texture orientation, degrees
+    seed: int  # drives the noise texture and the sensor noise
+    clutter: tuple[Distractor, ...] = ()  # small unlabeled shapes, drawn under the labeled one
+    cast: tuple[float, float, float] = (1.0, 1.0, 1.0)  # per-channel gain (colour cast)
+    contrast: float = 1.0  # 1 = unchanged; lower pulls pixels toward the image mean
+    blur: float = 0.0  # Gaussian blur radius / canvas side
+    noise: float = 0.0  # sensor noise std, in 0..255 units
+
+
+class PretrainBatch(NamedTuple):
+    """One contrastive batch: ``match[i, j]`` is True when caption j is a true description of image i."""
+
+    images: np.ndarray  # (n, size, size, 3) uint8
+    captions: list[str]
+    match: np.ndarray  # (n, n) bool; the diagonal is always True
+
+
+def _check(task: str | None = None, domain: str | None = None) -> None:
+    for value, choices, what in ((task, TASKS, "task"), (domain, DOMAINS, "domain")):
+        if value is not None and value not in choices:
+            raise ConfigError(
+                f"unknown {what} {value!r}.{suggest(value, list(choices))} Use one of: {', '.join(choices)}"
+            )
+
+
+def label_word(value: str, domain: str) -> str:
+    """The word a domain uses for a shape or colour value (``diamond`` is called ``rhombus`` downstream)."""
+    _check(domain=domain)
+    return RENAMED.get(value, value) if domain == "downstream" else value
+
+
+def class_attributes(task: str, domain: str = "downstream") -> dict[str, dict[str, str]]:
+    """Folder name -> the attributes it fixes, as ``sample_spec`` keywords: ``{"rhombus": {"shape": "diamond"}}``."""
+    _check(task, domain)
+    out = {}
+    for shape in SHAPES if task != "color" else (None,):
+        for color in COLORS if task != "shape" else (None,):
+            words = " ".join(label_word(v, domain) for v in (color, shape) if v)
+            out[words.replace(" ", "_")] = {k: v for k, v in (("shape", shape), ("color", color)) if v}
+    return dict(sorted(out.items()))
+
+
+def classnames(task: str, domain: str = "downstream") -> list[str]:
+    """Class-folder names of a task in a domain, sorted as a folder scan lists them.
+
+    Args:
+        task: one of ``TASKS``.
+        domain: one of ``DOMAINS``; ``downstream`` uses the renamed label words.
+
+    Returns:
+        Folder names with underscores for spaces (``plus_sign``, ``red_circle``); prompts use them with spaces.
+    """
+    return list(class_attributes(task, domain))
+
+
+# ----------------------------------------------------------------------------------------------- geometry
+
+
+def _ngon(n: int, r: float = 1.0, phase: float = -np.pi / 2, inner: float | None = None) -> np.ndarray:
+    """Regular polygon (or a star when ``inner`` is given) of radius ``r``; image y points down."""
+    k = 2 * n if inner else n
+    t = phase + 2 * np.pi * np.arange(k) / k
+    rad = np.where(np.arange(k) % 2, inner, r) if inner else np.full(k, r)
+    return np.stack([rad * np.cos(t), rad * np.sin(t)], 1)
+
+
+def _heart() -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    x = 16 * np.sin(t) ** 3
+    y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
+    return np.stack([x, -y - 2.5], 1) / 16.0
+
+
+_A, _W = 1.0, 0.34  # cross arm length and half-width
+# Each shape is polygons drawn in order with a fill (255 adds, 0 cuts a hole); radius about 1.
+# fmt: off
+_GEOMETRY: dict[str, list[tuple[np.ndarray, int]]] = {
+    "circle": [(_ngon(48), 255)],
+    "square": [(_ngon(4, 1.2, np.pi / 4), 255)],
+    "triangle": [(_ngon(3, 1.2) + [0.0, 0.2], 255)],
+    "diamond": [(np.array([[0, -1.15], [0.62, 0], [0, 1.15], [-0.62, 0]]), 255)],
+    "star": [(_ngon(5, 1.15, inner=0.47), 255)],
+    "cross": [(np.array([[-_W, -_A], [_W, -_A], [_W, -_W], [_A, -_W], [_A, _W], [_W, _W], [_W, _A],
+                         [-_W, _A], [-_W, _W], [-_A, _W], [-_A, -_W], [-_W, -_W]]), 255)],
+    "hexagon": [(_ngon(6, 1.05, 0.0), 255)],
+    "pentagon": [(_ngon(5, 1.08), 255)],
+    "heart": [(_heart() * 1.1, 255)],
+    "crescent": [(_ngon(48), 255), (_ngon(48, 0.85) + [0.45, -0.25], 0)],
+    "ring": [(_ngon(48), 255), (_ngon(48, 0.55), 0)],
+    "arrow": [(np.array([[-1, -0.28], [0.15, -0.28], [0.15, -0.7], [1.05, 0], [0.15, 0.7], [0.15, 0.28],
+                         [-1, 0.28]]), 255)],
+}
+# fmt: on
+# Rotation range per shape: small where a larger turn would make another class (square -> diamond, cross -> x).
+_MAX_TURN = {"square": 20.0, "diamond": 20.0, "cross": 20.0, "heart": 30.0}
+
+
+def _mask(shape: str, radius: float, cx: float, cy: float, angle: float, size: int) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1], shape (size, size)."""
+    big = size * _SS
+    canvas = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(canvas)
+    a = np.deg2rad(angle)
+    rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])  # counter-clockwise with y down
+    for poly, fill in _GEOMETRY[shape]:
+        pts = (poly @ rot.T) * radius * big + [cx * big, cy * big]
+        draw.polygon([tuple(p) for p in pts.tolist()], fill=fill)
+    return np.asarray(canvas.reduce(_SS), dtype=np.float32) / 255.0
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(size: int) -> np.ndarray:
+    return np.mgrid[0:size, 0:size].astype(np.float32) / size
+
+
+def _background(spec: ImageSpec, size: int) -> np.ndarray:
+    """(size, size, 3) float32 texture in 0..255."""
+    yy, xx = _grid(size)
+    a = np.deg2rad(spec.tex_angle)
+    u = xx * np.cos(a) + yy * np.sin(a)
+    v = -xx * np.sin(a) + yy * np.cos(a)
+    p = spec.period
+    if spec.texture == "flat":
+        t = np.zeros_like(u)
+    elif spec.texture == "stripes":
+        t = (np.floor(u / p) % 2).astype(np.float32)
+    elif spec.texture == "checker":
+        t = ((np.floor(u / p) + np.floor(v / p)) % 2).astype(np.float32)
+    elif spec.texture == "gradient":
+        t = np.clip(u * 0.7 + 0.15, 0, 1)
+    elif spec.texture == "dots":
+        du, dv = (u / p) % 1 - 0.5, (v / p) % 1 - 0.5
+        t = (du**2 + dv**2 < 0.09).astype(np.float32)
+    else:  # noise: a coarse random grid, smoothly upsampled
+        g = max(2, round(1 / p))
+        grid = np.random.default_rng(spec.seed).random((g, g)).astype(np.float32) * 255
+        t = np.asarray(Image.fromarray(grid.astype(np.uint8)).resize((size, size), Image.BICUBIC), np.float32) / 255
+    c1, c2 = (np.array(c, np.float32) for c in spec.bg)
+    return c1 + t[..., None] * (c2 - c1)
+
+
+def render(spec: ImageSpec, size: int = 64) -> Image.Image:
+    """Draw ``spec`` as a ``size`` x ``size`` RGB image (deterministic)."""
+    img = _background(spec, size)
+    items = [*spec.clutter, (spec.shape, spec.rgb, spec.radius, spec.cx, spec.cy, spec.angle)]
+    for shape, rgb, radius, cx, cy, angle in items:  # distractors first, so the labeled shape is on top
+        m = _mask(shape, radius, cx, cy, angle, size)[..., None]
+        img = img * (1 - m) + np.array(rgb, np.float32) * m
+    if spec.contrast != 1.0:
+        img = img.mean((0, 1)) + (img - img.mean((0, 1))) * spec.contrast
+    img = img * np.array(spec.cast, np.float32)
+    out = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
+    if spec.blur > 0:
+        out = out.filter(ImageFilter.GaussianBlur(spec.blur * size))
+    if spec.noise > 0:
+        n = np.random.default_rng(spec.seed + 1).normal(0, spec.noise, (size, size, 3))
+        out = Image.fromarray(np.clip(np.asarray(out, np.float32) + n + 0.5, 0, 255).astype(np.uint8))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+
+
+def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
+    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)  # type: ignore[return-value]
+
+
+def _place(rng: np.random.Generator, radius: float) -> tuple[float, float]:
+    room = max(0.0, 0.5 - radius * 1.15 - 0.02)  # keep the whole shape on the canvas
+    return float(0.5 + rng.uniform(-room, room)), float(0.5 + rng.uniform(-room, room))
+
+
+def sample_spec(
+    rng: np.random.Generator, domain: str = "pretrain", shape: str | None = None, color: str | None = None
+) -> ImageSpec:
+    """Draw one random image description.
+
+    Args:
+        rng: the source of every random choice.
+        domain: ``pretrain`` (clean) or ``downstream`` (shifted image statistics).
+        shape: fix the shape (a key of ``SHAPES``, pretraining vocabulary); random when None.
+        color: fix the colour (a key of ``COLORS``); random when None.
+
+    Returns:
+        A frozen ``ImageSpec``; ``render(spec, size)`` draws it.
+    """
+    _check(domain=domain)
+    shape = shape or SHAPES[rng.integers(len(SHAPES))]
+    color = color or list(COLORS)[rng.integers(len(COLORS))]
+    size = list(SIZES)[rng.integers(len(SIZES))]
+    radius = float(rng.uniform(*SIZES[size]))
+    cx, cy = _place(rng, radius)
+    turn = _MAX_TURN.get(shape, 180.0)
+    textures = TEXTURES[domain]
+    texture = textures[rng.integers(len(textures))]
+    grey = rng.uniform(60, 200)  # muted backgrounds, so every saturated shape colour stands out by hue
+    c1 = _jitter(rng, (int(grey),) * 3, 22)
+    step = rng.choice([-1, 1]) * rng.uniform(18, 45)  # texture contrast: mostly a change of lightness
+    c2 = _jitter(rng, tuple(int(np.clip(c + step, 0, 255)) for c in c1), 10)
+    # fmt: off
+    base = dict(shape=shape, color=color, size=size, texture=texture, domain=domain, radius=radius, cx=cx, cy=cy,
+                angle=float(rng.uniform(-turn, turn)), rgb=_jitter(rng, COLORS[color], 18), bg=(c1, c2),
+                period=float(rng.uniform(0.08, 0.2)), tex_angle=float(rng.uniform(0, 180)),
+                seed=int(rng.integers(2**31)))
+    # fmt: on
+    if domain == "pretrain":
+        return ImageSpec(**base)
+    clutter = tuple(_distractor(rng) for _ in range(rng.choice(4, p=[0.2, 0.35, 0.3, 0.15])))
+    direction = rng.normal(size=3)
+    cast = 1 + rng.uniform(0.1, 0.25) * direction / np.linalg.norm(direction)
+    return ImageSpec(
+        **base,
+        clutter=clutter,
+        cast=tuple(float(g) for g in cast),  # type: ignore[arg-type]
+        contrast=float(rng.uniform(0.6, 0.95)),
+        blur=float(rng.uniform(0.005, 0.018)),
+        noise=float(rng.uniform(4, 14)),
+    )
+
+
+def _distractor(rng: np.random.Generator) -> Distractor:
+    """A small shape of any kind and colour: downstream clutter the label does not describe."""
+    r = float(rng.uniform(0.07, 0.12))
+    other = SHAPES[rng.integers(len(SHAPES))]
+    rgb = _jitter(rng, list(COLORS.values())[rng.integers(len(COLORS))], 18)
+    return (other, rgb, r, *_place(rng, r), float(rng.uniform(-180, 180)))
+
+
+# ----------------------------------------------------------------------------------------------- captions
+
+
+def _caption_and_mentions(spec: ImageSpec, rng: np.random.Generator) -> tuple[str, frozenset[tuple[str, str]]]:
+    template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
+    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    words = {
+        "shape": label_word(spec.shape, spec.domain),
+        "color": label_word(spec.color, spec.domain),
+        "size": rng.choice(_SIZE_WORDS[spec.size]),
+        "texture": rng.choice(_TEXTURE_WORDS[spec.texture]),
+    }
+    text = template.format(**{k: words[k] for k in fields})
+    if rng.random() < 0.7:  # mostly grammatical articles; sometimes "a arrow", as a fixed prompt template writes it
+        text = re.sub(r"\ba ([aeiou])", r"an \1", text)
+    if rng.random() < 0.5:
+        text += "."
+    return text, frozenset((f, getattr(spec, f)) for f in fields)
+
+
+def caption_words(domain: str = "pretrain") -> list[str]:
+    """Every word (and '.') a caption in ``domain`` can contain, sorted; pretraining trains exactly these."""
+    _check(domain=domain)
+    words = {w for t in _TEMPLATES for w in re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", t))} | {"an", "."}
+    for v in (*SHAPES, *COLORS):
+        words.update(label_word(v, domain).split())
+    for table in (_SIZE_WORDS, _TEXTURE_WORDS):
+        words.update(w for k, ws in table.items() if k in SIZES or k in TEXTURES[domain] for w in ws)
+    return sorted(words)
+
+
+def caption(spec: ImageSpec, rng: np.random.Generator) -> str:
+    """A random caption for ``spec`` that mentions some of its attributes, e.g. 'a small blue circle.'."""
+    return _caption_and_mentions(spec, rng)[0]
+
+
+def pretrain_batch(rng: np.random.Generator, n: int, size: int = 64, domain: str = "pretrain") -> PretrainBatch:
+    """``n`` fresh images with one caption each, plus which captions describe which images.
+
+    Args:
+        rng: the source of every random choice.
+        n: batch size.
+        size: image side in pixels.
+        domain: the image domain; pretraining uses ``pretrain``.
+
+    Returns:
+        A ``PretrainBatch``; ``match`` gives the multi-positive targets for a contrastive loss ("a hexagon" is
+        true of every hexagon in the batch, not only of the image it was written for).
+    """
+    specs = [sample_spec(rng, domain) for _ in range(n)]
+    caps = [_caption_and_mentions(s, rng) for s in specs]
+    keys = ("shape", "color", "size", "texture")
+    have = np.array([[getattr(s, k) for k in keys] for s in specs])  # (n, 4) attribute values
+    want = np.array([[dict(m).get(k, "") for k in keys] for _, m in caps])  # "" = not mentioned
+    match = ((have[:, None] == want[None]) | (want[None] == "")).all(-1)
+    images = np.stack([np.asarray(render(s, size)) for s in specs])
+    return PretrainBatch(images, [c for c, _ in caps], match)
+
+
+# ----------------------------------------------------------------------------------------------- folders
+
+
+def write_dataset(
+    out: str | Path,
+    task: str = "shape",
+    per_class: int = 32,
+    domain: str = "downstream",
+    seed: int = 0,
+    image_size: int = 64,
+    val_per_class: int = 8,
+    test_per_class: int = 40,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Write ``OUT/{train,val,test}/<class_folder>/<nnnnn>.png`` (built in a temp dir, renamed when complete).
+
+    Image k of class c in a split depends only on (seed, split, c, k), so a larger ``per_class`` keeps the
+    first images and the splits never share an image.
+
+    Args:
+        out: the dataset folder to create.
+        task: ``shape``, ``color`` or ``shape-color``: what the class folders separate.
+        per_class: training images per class.
+        domain: ``downstream`` (default, shifted) or ``pretrain``.
+        seed: dataset seed.
+        image_size: side of the square PNGs.
+        val_per_class: validation images per class (0 leaves the split out).
+        test_per_class: test images per class (0 leaves the split out).
+        overwrite: replace an existing ``out``.
+        progress: called as ``progress(done, total)`` after each image.
+
+    Returns:
+        Summary: path, task, domain, seed, image_size, classes, and image counts per split.
+    """
+    from edgeprompt.fileio import atomic_dir, atomic_write_json
+
+    _check(task, domain)
+    counts = {"train": per_class, "val": val_per_class, "test": test_per_class}
+    if any(n < 0 for n in counts.values()) or per_class < 1 or not 8 <= image_size <= 1024:
+        raise ConfigError("per-class must be >= 1, val/test counts >= 0 and image size within 8..1024")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists: choose a new folder or overwrite it (--force)")
+    classes = class_attributes(task, domain)
+    total, done = sum(counts.values()) * len(classes), 0
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for si, (split, n) in enumerate(counts.items()):
+            for ci, (name, attrs) in enumerate(classes.items() if n else ()):
+                folder = tmp / split / name
+                folder.mkdir(parents=True)
+                for k in range(n):
+                    rng = np.random.default_rng([seed, si, ci, k])
+                    render(sample_spec(rng, domain, **attrs), image_size).save(folder / f"{k:05d}.png")
+                    done += 1
+                    if progress:
+                        progress(done, total)
+        # fmt: off
+        summary = {"path": str(out), "task": task, "domain": domain, "seed": seed, "image_size": image_size,
+                   "classes": list(classes), "images": {s: n * len(classes) for s, n in counts.items() if n}}
+        # fmt: on
+        # the folder's own record leaves out where it was written, so the same seed gives the same bytes anywhere
+        atomic_write_json(tmp / "world.json", {k: v for k, v in summary.items() if k != "path"})
+    return summary

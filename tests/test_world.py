@@ -1,0 +1,185 @@
+"""The offline world: the shapes generator (determinism, layout, captions, domains) and the shipped tiny CLIP."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeprompt.errors import ConfigError
+from edgeprompt.world import shapes
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_shapes_is_torch_free() -> None:
+    code = "import sys, edgeprompt.world.shapes, edgeprompt.world.tiny; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_world_is_rich_enough() -> None:
+    assert len(shapes.SHAPES) >= 10 and len(shapes.COLORS) >= 8 and len(shapes.TEXTURES["pretrain"]) >= 4
+    assert len(shapes.classnames("shape")) == len(shapes.SHAPES)
+    assert len(shapes.classnames("color")) == len(shapes.COLORS)
+    assert len(shapes.classnames("shape-color")) == len(shapes.SHAPES) * len(shapes.COLORS)
+
+
+def test_classnames_are_folder_names_and_domains_rename() -> None:
+    down, pre = shapes.classnames("shape"), shapes.classnames("shape", "pretrain")
+    assert down == sorted(down) and "plus_sign" in down and "rhombus" in down and "cross" not in down
+    assert "cross" in pre and "diamond" in pre and "plus_sign" not in pre
+    assert shapes.class_attributes("shape")["plus_sign"] == {"shape": "cross"}
+    assert "violet_rhombus" in shapes.classnames("shape-color")
+    # the renamed words are never in a pretraining caption: that is the text-side gap a prompt can close
+    renamed = {w for v in shapes.RENAMED.values() for w in v.split()}
+    assert len(renamed) >= 5 and not renamed & set(shapes.caption_words("pretrain"))
+    assert renamed <= set(shapes.caption_words("downstream"))
+
+
+def test_unknown_names_raise_config_error_with_hint() -> None:
+    with pytest.raises(ConfigError, match="Did you mean 'shape'"):
+        shapes.classnames("shapes")
+    with pytest.raises(ConfigError, match="downstream"):
+        shapes.sample_spec(np.random.default_rng(0), "downstrem")
+
+
+def test_write_dataset_layout_and_determinism(tmp_path: Path) -> None:
+    kw = dict(task="shape", per_class=2, val_per_class=1, test_per_class=1, seed=3, image_size=32)
+    ticks: list[tuple[int, int]] = []
+    summary = shapes.write_dataset(tmp_path / "a", progress=lambda d, t: ticks.append((d, t)), **kw)
+    shapes.write_dataset(tmp_path / "b", **kw)
+    names = shapes.classnames("shape")
+    assert summary["classes"] == names and summary["images"] == {"train": 24, "val": 12, "test": 12}
+    for split in ("train", "val", "test"):
+        assert sorted(p.name for p in (tmp_path / "a" / split).iterdir()) == names
+    assert (tmp_path / "a" / "train" / "plus_sign" / "00001.png").is_file()
+    assert ticks[-1] == (48, 48)
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert a == b  # same seed, same bytes
+    from PIL import Image
+
+    with Image.open(tmp_path / "a" / "test" / "hexagon" / "00000.png") as im:
+        assert im.size == (32, 32) and im.mode == "RGB"
+    other = _files(Path(shapes.write_dataset(tmp_path / "c", **{**kw, "seed": 4})["path"]))
+    assert other.keys() == a.keys() and other != a
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left behind
+    with pytest.raises(ConfigError, match="already exists"):
+        shapes.write_dataset(tmp_path / "a", **kw)
+
+
+def test_captions_mention_attributes_and_match_matrix() -> None:
+    rng = np.random.default_rng(0)
+    vocab = set(shapes.caption_words("pretrain"))
+    for _ in range(200):
+        spec = shapes.sample_spec(rng, "pretrain")
+        text, mentions = shapes._caption_and_mentions(spec, rng)
+        assert mentions and set(text.replace(".", " .").replace("-", " ").split()) <= vocab | {"sized"}
+        if ("shape", spec.shape) in mentions:
+            assert spec.shape in text
+        if ("color", spec.color) in mentions:
+            assert spec.color in text
+    assert "a photo of a" in " ".join(shapes.caption(shapes.sample_spec(rng), rng) for _ in range(200))
+    batch = shapes.pretrain_batch(np.random.default_rng(1), 32, 32)
+    assert batch.images.shape == (32, 32, 32, 3) and batch.images.dtype == np.uint8
+    assert batch.match.diagonal().all() and batch.match.sum() > 32  # multi-positive: captions fit other images too
+
+
+def test_domains_differ() -> None:
+    pre = [shapes.sample_spec(np.random.default_rng(i), "pretrain") for i in range(40)]
+    down = [shapes.sample_spec(np.random.default_rng(i), "downstream") for i in range(40)]
+    assert all(s.noise == 0 and not s.clutter for s in pre)
+    assert all(s.noise > 0 and s.blur > 0 for s in down) and any(s.clutter for s in down)
+    a = np.asarray(shapes.render(pre[0], 48), np.float32)
+    b = np.asarray(shapes.render(down[0], 48), np.float32)
+    assert a.shape == b.shape == (48, 48, 3) and np.abs(a - b).mean() > 5
+    assert shapes.render(down[0], 48).tobytes() == shapes.render(down[0], 48).tobytes()
+
+
+# ------------------------------------------------------------------------------------------------ tiny CLIP
+
+
+def test_checkpoint_is_small() -> None:
+    from edgeprompt.world import tiny
+
+    assert tiny.tiny_weights_path("edgeprompt-tiny", "shapes").stat().st_size <= 10 * 2**20
+
+
+def test_unknown_tiny_names() -> None:
+    from edgeprompt.world import tiny
+
+    with pytest.raises(ConfigError, match="shapes"):
+        tiny.tiny_weights_path("edgeprompt-tiny", "shape")
+    with pytest.raises(ConfigError, match="edgeprompt-tiny"):
+        tiny.load_tiny_state_dict("edgeprompt-tiyn", "shapes")
+
+
+def test_embedding_init_is_exact_and_portable() -> None:
+    from edgeprompt.world import tiny
+
+    t = tiny.embedding_init(1000, 16, seed=0)
+    assert t.dtype == np.float32 and t.shape == (1000, 16)
+    assert np.array_equal(t, tiny.embedding_init(1000, 16, seed=0))
+    assert abs(float(t.std()) - tiny.EMBED_STD) < 1e-3 and not np.array_equal(t, tiny.embedding_init(1000, 16, 1))
+    # pinned bits: a change here would silently change every untrained embedding row of the shipped model
+    assert t[0, :3].tobytes().hex() == "208dd93c8f729bbb646306bd"
+
+
+def test_tiny_loads_strict_and_encodes() -> None:
+    import open_clip
+    import torch
+
+    from edgeprompt.world import tiny
+    from edgeprompt.world.pretrain import encode_text_truncated
+
+    tiny.register()
+    tiny.register()  # idempotent
+    assert open_clip.list_models().count("edgeprompt-tiny") == 1
+    model = open_clip.create_model("edgeprompt-tiny", pretrained=None)
+    state = tiny.load_tiny_state_dict("edgeprompt-tiny", "shapes")
+    assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    again = tiny.load_tiny_state_dict("edgeprompt-tiny", "shapes")
+    assert all(torch.equal(state[k], again[k]) for k in state)  # deterministic rebuild
+    meta = tiny.checkpoint_metadata()
+    vocab, width = state["token_embedding.weight"].shape
+    init = torch.from_numpy(tiny.embedding_init(vocab, width, int(meta["embedding_seed"])))
+    untouched = (state["token_embedding.weight"] == init).all(1)
+    assert untouched.sum() > vocab - 1000  # only caption words were trained
+
+    tok = open_clip.get_tokenizer("edgeprompt-tiny")
+    renamed = tok([" ".join(shapes.RENAMED.values())])[0]
+    renamed = renamed[(renamed > 0) & (renamed < tok.sot_token_id)]
+    assert untouched[renamed].all()  # the downstream-only words carry no pretrained meaning
+    ids = tok(["a photo of a plus sign.", "a red star"])
+    assert ids.shape == (2, 77)
+    with torch.no_grad():
+        text = model.encode_text(ids)
+        assert text.shape == (2, 128)
+        assert torch.allclose(encode_text_truncated(model, ids), text, atol=1e-5)
+        size = tiny.model_config()["vision_cfg"]["image_size"]
+        assert model.encode_image(torch.zeros(3, 3, size, size)).shape == (3, 128)
+
+
+def test_pretrain_smoke_and_help(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import open_clip
+
+    from edgeprompt.world import pretrain, tiny
+
+    out = tmp_path / "w.safetensors"
+    metrics = pretrain.pretrain(out, steps=2, batch_size=8, warmup=1, eval_every=0, eval_per_class=1, threads=None)
+    assert out.is_file() and not list(tmp_path.glob("*.resume.pt")) and 0 <= metrics["zeroshot_shape_pretrain"] <= 1
+    from safetensors.torch import safe_open
+
+    with safe_open(str(out), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    model = open_clip.create_model("edgeprompt-tiny", pretrained=None)
+    model.load_state_dict(tiny.unpack_state_dict(tensors, meta), strict=True)
+    with pytest.raises(SystemExit):
+        pretrain.main(["--help"])
+    assert "--steps" in capsys.readouterr().out
