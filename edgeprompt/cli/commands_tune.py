@@ -149,6 +149,7 @@ def sweep(
     model: Annotated[str, typer.Option(help="open_clip model name.")] = "edgeprompt-tiny",
     pretrained: Annotated[str, typer.Option(help="Pretrained tag or checkpoint path.")] = "shapes",
     views: Annotated[int, typer.Option(help="Augmented views per image in the feature cache.")] = 8,
+    crop_scale: Annotated[float, typer.Option(help="Smallest random-resized-crop area of the views (CoOp: 0.08).")] = 0.08,
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache directory.")] = None,
     as_json: JSON = False,
 ) -> None:
@@ -160,7 +161,7 @@ def sweep(
         train=str(train), test=str(test), out=str(out), methods=tuple(m for m in methods.split(",") if m),
         losses=tuple(x for x in losses.split(",") if x), noise=tuple(noise or ["sym:0,0.25,0.5,0.75"]),
         shots=shots, seeds=seeds, model=model, pretrained=pretrained, epochs=epochs, views=views,
-        cache_dir=str(cache_dir) if cache_dir else None,
+        crop_scale=crop_scale, cache_dir=str(cache_dir) if cache_dir else None,
     )
     with reporter() as rep:
         result = api.sweep(cfg, rep)

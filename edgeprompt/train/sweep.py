@@ -45,6 +45,7 @@ class SweepConfig:
     pretrained: str = "shapes"
     epochs: int = 30
     views: int = 8
+    crop_scale: float = 0.08  # smallest random-resized-crop area of the cached views
     cache_dir: str | None = None
     method_options: dict[str, dict[str, Any]] | None = None  # per-method overrides, e.g. {"visprompt": {...}}
 
@@ -120,6 +121,7 @@ def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None) -> dict[str, A
         tune_cfg = TuneConfig(
             train=cfg.train, out=str(run_dir), method=cell["method"], method_options=cell["options"],
             model=cfg.model, pretrained=cfg.pretrained, shots=cfg.shots, noise=cell["noise"], views=cfg.views,
+            crop_scale=cfg.crop_scale,
             cache_dir=cfg.cache_dir, train_cfg=TrainConfig(epochs=cfg.epochs, seed=cell["seed"], eval_every=0),
         )
         summary = api.tune(tune_cfg)
