@@ -19,15 +19,34 @@ TINY_CFG = {
 }
 
 
+TINY_RN = "ep-test-tiny-rn"
+TINY_RN_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def _register(factory: pytest.TempPathFactory, name: str, cfg: dict) -> str:
+    """Write an open_clip model config to a temp dir and register it (open_clip names it after the file)."""
+    import open_clip
+
+    path = factory.mktemp("cfg") / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+    return name
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Name of a tiny ViT CLIP config (random weights) registered with open_clip for this test session."""
-    import open_clip
+    return _register(tmp_path_factory, TINY, TINY_CFG)
 
-    path = tmp_path_factory.mktemp("cfg") / f"{TINY}.json"
-    path.write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(path)
-    return TINY
+
+@pytest.fixture(scope="session")
+def tiny_rn_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny RN50-style CLIP (ModifiedResNet image tower, attention pooling), random weights."""
+    return _register(tmp_path_factory, TINY_RN, TINY_RN_CFG)
 
 
 @pytest.fixture(scope="session")

@@ -18,24 +18,6 @@ from edgeprompt.config import TrainConfig, TuneConfig
 from edgeprompt.errors import EdgePromptError, ExportError
 from edgeprompt.manifest import INPUT_PIXELS, OUTPUT_LOGITS, OUTPUT_PROBS, IOSpec, Manifest
 
-TINY_RN = "ep-test-tiny-rn"
-TINY_RN_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
-
-
-@pytest.fixture(scope="session")
-def tiny_rn_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A tiny RN50-style CLIP (ModifiedResNet image tower, attention pooling), random weights."""
-    import open_clip
-
-    path = tmp_path_factory.mktemp("cfg-rn") / f"{TINY_RN}.json"
-    path.write_text(json.dumps(TINY_RN_CFG))
-    open_clip.add_model_config(path)
-    return TINY_RN
-
 
 def tune_run(model: str, method: str, data: Path, out: Path, cache: Path, **options: object) -> Path:
     """A tiny tuning run (2 epochs, 1 view) through the public API; returns the run directory."""
