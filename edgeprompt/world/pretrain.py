@@ -190,7 +190,8 @@ def pretrain(
         log.info("resumed from %s at step %d", state_path, start)
     size = model.visual.image_size[0]
     model.train()
-    t0 = time.time() - spent
+    t0 = time.time() - spent  # wall time counts across resumes
+    t_run = time.time()
     for step in range(start, steps):
         now = lr * (min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for group in opt.param_groups:
@@ -212,7 +213,7 @@ def pretrain(
         if done % log_every == 0 or done == steps:
             el = time.time() - t0
             log.info("step %d/%d loss %.4f lr %.2e scale %.1f  %.0fs (%.2fs/step)", done, steps, loss.item(), now,
-                     model.logit_scale.exp().item(), el, el / (done - start))  # fmt: skip
+                     model.logit_scale.exp().item(), el, (time.time() - t_run) / (done - start))  # fmt: skip
         if eval_every and done % eval_every == 0 and done < steps:
             _write_back(model, table, rows, words)
             model.eval()
