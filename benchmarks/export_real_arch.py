@@ -50,7 +50,7 @@ def run_arch(arch: str, work: Path) -> dict[str, Any]:
 
     from edgeprompt.api import tune
     from edgeprompt.artifact import load_run
-    from edgeprompt.config import TrainConfig, TuneConfig
+    from edgeprompt.config import ExportConfig, TrainConfig, TuneConfig
     from edgeprompt.export import export_run
     from edgeprompt.export.verify import torch_logits
     from edgeprompt.manifest import OUTPUT_LOGITS
@@ -75,8 +75,8 @@ def run_arch(arch: str, work: Path) -> dict[str, Any]:
 
     for precision in ("fp32", "fp16"):
         t0 = time.perf_counter()
-        res = export_run(run_dir, work / f"bundle-{arch}-{precision}", fp16=precision == "fp16",
-                         n_check=len(images))
+        res = export_run(ExportConfig(source=str(run_dir), out=str(work / f"bundle-{arch}-{precision}"),
+                                      fp16=precision == "fp16", n_check=len(images)))
         export_s = time.perf_counter() - t0
         predictor = load_bundle(res["bundle"], backend="ort-cpu")
         t0 = time.perf_counter()

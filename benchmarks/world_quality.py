@@ -29,7 +29,7 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/edgeprompt-world-quality")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=200)
-    ap.add_argument("--crop-scale", type=float, default=api.DEMO_CROP_SCALE)
+    ap.add_argument("--crop-scale", type=float, default=None, help="default: by image size (0.5 for the world)")
     args = ap.parse_args()
     out = Path(args.out)
     data = out / "data"

@@ -1,7 +1,8 @@
-"""Is there a CUDA GPU? Asked of the NVIDIA driver through ctypes, so no torch, cuda-python or CUDA toolkit is needed.
+"""Is there a CUDA GPU, and TensorRT? Asked without importing anything heavy (torch, cuda-python, tensorrt).
 
-Shared by the runtime backends and the TensorRT engine build (both torch-free). Works on x86 servers and on
-Jetson, where ``libcuda.so.1`` comes with L4T even though ``nvidia-smi`` may be missing.
+Shared by the runtime backends and the TensorRT engine build (both torch-free), so both say the same thing. The GPU
+question goes to the NVIDIA driver through ctypes, which works on x86 servers and on Jetson, where ``libcuda.so.1``
+comes with L4T even though ``nvidia-smi`` may be missing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import logging
 import sys
 
 log = logging.getLogger(__name__)
+
+TRT_MISSING = ("TensorRT is not installed: on a Jetson use JetPack's python3-libnvinfer; on a server pip install "
+               "tensorrt (NVIDIA index); the bundle's trtexec.sh has the equivalent build command")
 
 _LIBCUDA = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so")
 _CUDA_ERROR_NO_DEVICE = 100
@@ -50,3 +54,10 @@ def cuda_gpu_status() -> str | None:
         return "no CUDA GPU visible (check CUDA_VISIBLE_DEVICES)"
     log.debug("CUDA driver reports %d GPU(s)", count.value)
     return None
+
+
+def tensorrt_status() -> str | None:
+    """:data:`TRT_MISSING` when the ``tensorrt`` module cannot be imported here, else None (nothing is imported)."""
+    from edgeprompt._optional import available
+
+    return None if available("tensorrt") else TRT_MISSING

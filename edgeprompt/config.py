@@ -1,8 +1,15 @@
-"""Frozen per-stage configs. Torch-free; the resolved config is saved with every run (``config.json``)."""
+"""Frozen per-stage configs: tune (+ train), sweep, export (+ TensorRT profile), bench. Torch-free.
+
+Each stage's function takes one of these; the CLI reads its defaults from them, so a default lives in one place.
+The resolved config is saved with every run (``config.json``) and every bundle (in ``manifest.json``). Frozen means
+hashable all the way down: options that are dicts to a user are stored as sorted ``(key, value)`` tuples and turned
+back into dicts by ``to_dict``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -10,14 +17,42 @@ from edgeprompt.errors import ConfigError
 from edgeprompt.registry import suggest
 
 C = TypeVar("C")
+Options = tuple[tuple[str, Any], ...]  # a frozen {name: value} mapping
+OPTIMIZERS = ("sgd", "adamw")
+BENCH_BACKENDS = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")  # torch: the workstation reference
+
+
+def freeze(value: Any) -> Any:
+    """A hashable copy of a JSON-like value: mappings -> sorted (key, value) tuples, lists -> tuples."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), freeze(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def options_dict(options: Options | Mapping[str, Any]) -> dict[str, Any]:
+    """``freeze``'s inverse for one level of options."""
+    return dict(options.items() if isinstance(options, Mapping) else options)
+
+
+def _set(obj: Any, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)  # frozen dataclasses normalise their fields in __post_init__ this way
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings. Defaults are CoOp's (SGD 0.002, momentum 0.9, wd 5e-4, batch 32, cosine, 1 warm-up
-    epoch at a constant 1e-5)."""
+    """Optimisation settings (see docs/defaults.md for why these defaults).
 
-    epochs: int = 50  # CoOp uses 200 for 16 shots on real data; the offline world converges much sooner
+    SGD with momentum, CoOp's weight decay and batch size, a constant warm-up epoch, then cosine decay per epoch.
+    """
+
+    epochs: int | None = None  # None: the protocol's (PROTOCOLS); CoOp uses 200 for 16 shots
     batch_size: int = 32
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.002
@@ -31,10 +66,23 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def validate(self) -> None:
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs must be >= 0, batch size >= 1 and lr > 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}."
+                              f"{suggest(self.optimizer, list(OPTIMIZERS))}")
+        if self.epochs is not None:
+            _check_int("--epochs", self.epochs, 0)
+        _check_int("--batch-size", self.batch_size, 1)
+        _check_int("--eval-every", self.eval_every, 0)
+        _check_int("--seed", self.seed, 0)
+        _check_int("warmup_epochs", self.warmup_epochs, 0)
+        for name, v in (("--lr", self.lr), ("warmup_lr", self.warmup_lr)):
+            if not (isinstance(v, int | float) and 0 < v < float("inf")):
+                raise ConfigError(f"{name} must be a positive number, got {v!r}")
+        if not 0 <= self.momentum < 1 or not 0 <= self.weight_decay < 1:
+            raise ConfigError("momentum must be in [0, 1) and weight decay in [0, 1)")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {dev!r}")
 
 
 @dataclass(frozen=True)
@@ -44,34 +92,218 @@ class TuneConfig:
     train: str  # labeled folder or CSV manifest
     out: str  # run directory to create
     method: str = "dspt"
-    method_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"loss": "gce", "n_ctx": 16}
+    method_options: Options | Mapping[str, Any] = ()  # e.g. {"loss": "gce", "n_ctx": 16}; stored frozen
+    protocol: str = "default"  # default (context starts from the template) | paper (16 random tokens, 200 epochs)
     model: str = "edgeprompt-tiny"
     pretrained: str = "shapes"
     shots: int = 16  # per class; 0 = all
     noise: str = "none"  # none | sym:R | asym:R | map:FILE:R
     val: str | None = None
     views: int = 8  # augmented views per training image in the feature cache
-    crop_scale: float = 0.08  # smallest random-resized-crop area (CoOp's 0.08; raise it for tiny or centred images)
+    crop_scale: float | None = None  # smallest random-resized-crop area; None = by image size (docs/defaults.md)
     cache_dir: str | None = None  # default: $EDGEPROMPT_CACHE or ~/.cache/edgeprompt
     strict: bool = False  # unreadable images are fatal instead of skipped
     classnames_file: str | None = None
     overwrite: bool = False
     train_cfg: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        _set(self, "method_options", freeze(dict(self.method_options)))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """``method_options`` as a dict."""
+        return options_dict(self.method_options)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["method_options"] = self.options
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TuneConfig:
+    def from_dict(cls, d: Mapping[str, Any]) -> TuneConfig:
         d = dict(d)
         train_cfg = from_dict(TrainConfig, d.pop("train_cfg", {}))
         return from_dict(cls, {**d, "train_cfg": train_cfg})
 
 
-def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+@dataclass(frozen=True)
+class SweepConfig:
+    """What ``edgeprompt sweep`` runs. ``noise`` holds groups like ``sym:0,0.25,0.5`` (kind, then rates)."""
+
+    train: str
+    test: str
+    out: str
+    methods: tuple[str, ...] = ("zeroshot", "coop", "dspt", "visprompt")
+    losses: tuple[str, ...] = ("ce",)  # CoOp losses; each becomes its own row (coop-ce, coop-gce, …)
+    noise: tuple[str, ...] = ("sym:0,0.25,0.5,0.75",)
+    protocol: str = "default"  # as TuneConfig.protocol
+    shots: int = 16
+    seeds: int = 3
+    model: str = "edgeprompt-tiny"
+    pretrained: str = "shapes"
+    epochs: int | None = None  # None: the protocol's default (TrainConfig.epochs, or 200 for the paper protocol)
+    views: int = 8
+    crop_scale: float | None = None  # as TuneConfig.crop_scale
+    cache_dir: str | None = None
+    method_options: Options | Mapping[str, Any] = ()  # per method: {"visprompt": {"ot_warmup": 2}}; stored frozen
+
+    def __post_init__(self) -> None:
+        _set(self, "method_options", freeze(dict(self.method_options)))
+        for name in ("methods", "losses", "noise"):
+            value = getattr(self, name)
+            _set(self, name, (value,) if isinstance(value, str) else tuple(value))
+
+    def options_for(self, method: str) -> dict[str, Any]:
+        """The overrides given for ``method`` (a dict)."""
+        return options_dict(options_dict(self.method_options).get(method, ()))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["method_options"] = {m: options_dict(o) for m, o in options_dict(self.method_options).items()}
+        return d
+
+
+@dataclass(frozen=True)
+class TrtProfile:
+    """The TensorRT optimisation profile and builder limits (one dynamic axis: the batch)."""
+
+    min_batch: int = 1
+    opt_batch: int = 1  # the batch TensorRT tunes its kernels for: use the batch you will run
+    max_batch: int = 32  # device buffers are sized for it
+    workspace_mib: int = 2048
+
+    def validate(self) -> None:
+        for name in ("min_batch", "opt_batch", "max_batch", "workspace_mib"):
+            _check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ConfigError(f"batch sizes must satisfy min <= opt <= max, got min={self.min_batch} "
+                              f"opt={self.opt_batch} max={self.max_batch}")
+        if self.max_batch > 4096:
+            raise ConfigError(f"--max-batch {self.max_batch} is over 4096, the largest batch an export supports")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """``edgeprompt export``: a run becomes a bundle (workstation), or a bundle gets its engine (target)."""
+
+    source: str  # a run directory (from tune) or a bundle (from an earlier export)
+    out: str | None = None  # bundle to create from a run; default RUN-bundle beside it
+    fp16: bool = False  # FP16 weights, FP32 I/O, LayerNorm, normalisation, class MatMul and softmax
+    opset: int = 17
+    n_check: int = 32  # images of the run's tuning split in the parity gate
+    exporter: str = "auto"  # auto | legacy | dynamo (docs/export.md)
+    external_data: bool | None = None  # weights in model.onnx.data; None: only above ~1.8 GiB
+    trt: bool = False  # build model.engine here (needs TensorRT and a GPU)
+    profile: TrtProfile = field(default_factory=TrtProfile)
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        _check_int("--opset", self.opset, 1)
+        _check_int("the number of check images", self.n_check, 1)
+        self.profile.validate()
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """``edgeprompt bench``: which backends, batches and how long to time them."""
+
+    bundle: str
+    data: str | None = None  # labeled test folder: adds top-1, agreement and end-to-end latency
+    backends: tuple[str, ...] = BENCH_BACKENDS
+    batches: tuple[int, ...] = (1, 8, 32)
+    warmup: int = 10  # untimed calls before timing
+    iters: int = 50  # timed calls per (backend, batch)
+    seconds: float | None = None  # time at least this long instead (with at least ``iters`` calls)
+    e2e_iters: int = 10  # end-to-end (load + preprocess + run) calls per batch
+    max_images: int | None = None  # use at most this many test images
+    out: str | None = None  # write bench.json and bench.md here
+
+    def __post_init__(self) -> None:
+        _set(self, "backends", tuple(self.backends))
+        _set(self, "batches", tuple(self.batches))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A named set of defaults for tuning: epochs, and method options applied where the method has them."""
+
+    name: str
+    epochs: int
+    method_options: Options
+    help: str
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "default": Protocol("default", 50, (), "context starts as the zero-shot template (free tokens, then "
+                        "'a photo of a'), so step 0 is zero-shot CLIP; 50 epochs"),
+    "paper": Protocol("paper", 200, (("ctx_init", ""),), "the papers' protocol: 16 random context tokens, CoOp's "
+                      "200-epoch schedule"),
+}
+SMALL_IMAGE_SIDE = 160  # images whose shorter side is below this get SMALL_IMAGE_CROP (docs/defaults.md)
+SMALL_IMAGE_CROP = 0.5
+COOP_CROP = 0.08  # CoOp's random-resized-crop scale, for photos
+
+
+def resolve_tune(cfg: TuneConfig, image_side: int | None, option_names: Sequence[str]) -> TuneConfig:
+    """Fill what ``cfg`` leaves to the protocol and the data: epochs, protocol method options, crop scale.
+
+    Args:
+        cfg: the config as the user gave it.
+        image_side: median shorter side of the tuning images in pixels (None: unknown, photo-sized assumed).
+        option_names: the options the method accepts (a protocol option is applied only where it exists).
+
+    Returns:
+        The resolved config, which is what the run directory records.
+    """
+    if cfg.protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}."
+                          f"{suggest(cfg.protocol, list(PROTOCOLS))}")
+    proto = PROTOCOLS[cfg.protocol]
+    given = cfg.options
+    opts = {**{k: v for k, v in proto.method_options if k in option_names and k not in given}, **given}
+    train_cfg = cfg.train_cfg
+    if train_cfg.epochs is None:
+        train_cfg = dataclasses.replace(train_cfg, epochs=proto.epochs)
+    crop = cfg.crop_scale
+    if crop is None:
+        crop = SMALL_IMAGE_CROP if image_side is not None and image_side < SMALL_IMAGE_SIDE else COOP_CROP
+    return dataclasses.replace(cfg, method_options=opts, train_cfg=train_cfg, crop_scale=crop)
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """Field name -> default value of a config dataclass (fields without a default are left out)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
     """Build dataclass ``cls`` from ``d``; unknown keys raise ConfigError with close matches."""
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     for k in d:
         if k not in names:
             raise ConfigError(f"unknown {cls.__name__} key {k!r}.{suggest(k, names)}")
     return cls(**d)
+
+
+def split_list(text: str, what: str, cast: type = str, choices: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """``"a,b,c"`` -> a tuple of ``cast`` values; bad items raise one ConfigError naming ``what``."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"{what}: give at least one value (comma-separated)")
+    out = []
+    for t in items:
+        try:
+            v = cast(t)
+        except ValueError:
+            kind = {int: "whole number", float: "number"}.get(cast, cast.__name__)
+            raise ConfigError(f"{what}: {t!r} is not a {kind}") from None
+        if choices is not None and v not in choices:
+            raise ConfigError(f"{what}: unknown {t!r}.{suggest(t, list(choices))} Choose from {', '.join(choices)}")
+        out.append(v)
+    return tuple(out)

@@ -1,4 +1,5 @@
-"""Loss functions, each ``(logits, target) -> scalar`` (mean over the batch), computed in fp32.
+"""Loss functions, each ``(logits, target) -> scalar`` (mean over the batch; ``reduction="none"`` gives the
+per-sample values), computed in fp32.
 
 ``logits`` are CLIP logits, i.e. already multiplied by the logit scale (exp(logit_scale), 100 for OpenAI CLIP).
 
@@ -20,28 +21,39 @@ import torch.nn.functional as F
 LOSSES = ("ce", "gce", "mae", "dspt")
 
 
-def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy."""
-    return F.cross_entropy(logits.float(), target)
+REDUCTIONS = ("mean", "none")
 
 
-def gce(logits: torch.Tensor, target: torch.Tensor, q: float = 0.7) -> torch.Tensor:
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return per_sample.mean() if reduction == "mean" else per_sample
+
+
+def _p_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return logits.float().softmax(dim=-1).gather(1, target[:, None]).squeeze(1)  # (B,)
+
+
+def ce(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy ``-log p_y``."""
+    return _reduce(F.cross_entropy(logits.float(), target, reduction="none"), reduction)
+
+
+def gce(logits: torch.Tensor, target: torch.Tensor, q: float = 0.7, reduction: str = "mean") -> torch.Tensor:
     """Generalized cross-entropy ``(1 - p_y^q) / q``; the 1e-6 keeps the gradient finite at p_y = 0 (as in NLPrompt)."""
     if not 0.0 < q <= 1.0:
         raise ValueError(f"GCE needs 0 < q <= 1, got {q}")
-    p_y = logits.float().softmax(dim=-1).gather(1, target[:, None]).squeeze(1)
-    return ((1.0 - (p_y + 1e-6) ** q) / q).mean()
+    return _reduce((1.0 - (_p_target(logits, target) + 1e-6) ** q) / q, reduction)
 
 
-def mae(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def mae(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Mean absolute error in NLPrompt's form ``1 - p_y``."""
-    p_y = logits.float().softmax(dim=-1).gather(1, target[:, None]).squeeze(1)
-    return (1.0 - p_y).mean()
+    return _reduce(1.0 - _p_target(logits, target), reduction)
 
 
-def dspt(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def dspt(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Double-softmax cross-entropy ``-log softmax(softmax(logits))_y``; bounded in a 1-nat band."""
-    return F.cross_entropy(logits.float().softmax(dim=-1), target)
+    return _reduce(F.cross_entropy(logits.float().softmax(dim=-1), target, reduction="none"), reduction)
 
 
 def dspt_grad_closed_form(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -60,7 +72,7 @@ def get_loss(name: str, gce_q: float = 0.7):  # noqa: ANN201 - returns one of th
     from edgeprompt.registry import suggest
 
     if name == "gce":
-        return lambda logits, target: gce(logits, target, gce_q)
+        return lambda logits, target, reduction="mean": gce(logits, target, gce_q, reduction)
     table = {"ce": ce, "mae": mae, "dspt": dspt}
     if name not in table:
         raise ConfigError(f"unknown loss {name!r}.{suggest(name, list(LOSSES))} Choose from {', '.join(LOSSES)}")

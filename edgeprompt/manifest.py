@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,7 +208,7 @@ class Manifest:
         return atomic_write_json(Path(directory) / MANIFEST_NAME, self.to_dict())
 
     @classmethod
-    def read(cls, directory: str | Path) -> Manifest:
+    def read(cls, directory: str | os.PathLike[str]) -> Manifest:
         """Read ``directory/manifest.json``; a missing or corrupt file raises ArtifactError."""
         path = Path(directory) / MANIFEST_NAME
         if not path.is_file():
@@ -217,3 +218,18 @@ class Manifest:
             return cls.from_dict(json.loads(path.read_text()))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ArtifactError(f"{path} is not a valid edgeprompt manifest ({e})") from e
+
+
+def read_bundle_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
+    """Read a bundle's manifest and check it describes an exported graph.
+
+    Raises:
+        ArtifactError: No manifest, a run directory instead of a bundle, or no IOSpec.
+    """
+    manifest = Manifest.read(bundle_dir)
+    if manifest.kind != "bundle":
+        raise ArtifactError(f"{bundle_dir} is a {manifest.kind!r} directory, not a bundle: export it first with "
+                            f"`edgeprompt export {bundle_dir} --out BUNDLE`")
+    if manifest.io is None:
+        raise ArtifactError(f"{bundle_dir}/manifest.json has no 'io' section: re-export the bundle")
+    return manifest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from edgeprompt import api
-from edgeprompt.config import TrainConfig, TuneConfig
+from edgeprompt.config import BenchConfig, ExportConfig, TrainConfig, TuneConfig
 
 
 def test_tune_export_bench_predict(tiny_model, image_folder, cache_dir, tmp_path) -> None:  # noqa: ANN001
@@ -13,9 +13,10 @@ def test_tune_export_bench_predict(tiny_model, image_folder, cache_dir, tmp_path
     api.tune(TuneConfig(train=str(image_folder), out=str(run), model=tiny_model, pretrained="none", shots=4,
                         views=2, cache_dir=str(cache_dir), train_cfg=TrainConfig(epochs=2, batch_size=4)))
     bundle = tmp_path / "bundle"
-    info = api.export(run, bundle)
+    info = api.export(ExportConfig(source=str(run), out=str(bundle)))
     assert info["parity"]["passed"] and info["parity"]["top1_agreement"] == 1.0
-    result = api.bench(bundle, image_folder, batches=[1, 2], warmup=1, iters=3, out=tmp_path / "b")
+    result = api.bench(BenchConfig(bundle=str(bundle), data=str(image_folder), batches=(1, 2), warmup=1, iters=3,
+                                   out=str(tmp_path / "b")))
     ran = {r["backend"] for r in result["rows"]}
     assert {"torch", "ort-cpu"} <= ran
     assert {"trt", "ort-trt"} <= set(result["unavailable"])

@@ -29,6 +29,14 @@ def tune_run(model: str, method: str, data: Path, out: Path, cache: Path, **opti
     return Path(tune(cfg)["run_dir"])
 
 
+def export_run(run: Path | str, out: Path | str, **kw: Any) -> dict[str, Any]:
+    """``edgeprompt.export.export_run`` with an ExportConfig built from keywords."""
+    from edgeprompt.config import ExportConfig
+    from edgeprompt.export import export_run as run_export
+
+    return run_export(ExportConfig(source=str(run), out=str(out), **kw))
+
+
 def torch_logits_of(run_dir: Path, pixels: np.ndarray) -> np.ndarray:
     from edgeprompt.artifact import load_run
     from edgeprompt.export.verify import torch_logits
@@ -44,7 +52,6 @@ def images_of(folder: Path) -> list[Path]:
 @pytest.mark.parametrize("method", ["zeroshot", "coop", "dspt"])
 def test_export_folded_matches_torch(method: str, tiny_model: str, image_folder: Path, cache_dir: Path,
                                      tmp_path: Path) -> None:
-    from edgeprompt.export import export_run
     from edgeprompt.export.onnx import onnx_metadata, onnx_summary
     from edgeprompt.preprocess import preprocess_batch
     from edgeprompt.runtime import load_bundle
@@ -81,7 +88,6 @@ def test_export_folded_matches_torch(method: str, tiny_model: str, image_folder:
 
 
 def test_export_rn50_style_tower(tiny_rn_model: str, image_folder: Path, cache_dir: Path, tmp_path: Path) -> None:
-    from edgeprompt.export import export_run
     from edgeprompt.preprocess import preprocess_batch
     from edgeprompt.runtime import load_bundle
 
@@ -98,7 +104,6 @@ def test_fp16_export_keeps_fp32_io_and_layernorm(tiny_model: str, image_folder: 
                                                  tmp_path: Path) -> None:
     import onnx
 
-    from edgeprompt.export import export_run
 
     run = tune_run(tiny_model, "dspt", image_folder, tmp_path / "run", cache_dir, n_ctx=4)
     res = export_run(run, tmp_path / "bundle", fp16=True, n_check=8)
@@ -115,28 +120,31 @@ def test_fp16_export_keeps_fp32_io_and_layernorm(tiny_model: str, image_folder: 
     assert lns and all(types.get(n.input[1], fp32) == fp32 for n in lns)  # LayerNorm weights stay FP32
 
 
-def test_onnxruntime_crash_fails_the_gate_instead_of_the_process(tiny_backbone: Any, tmp_path: Path) -> None:
-    """onnxruntime 1.32 segfaults on the TorchScript export of an FP16 ViT: the check survives and reports it."""
+def test_onnxruntime_crash_fails_the_gate_instead_of_the_process(tiny_backbone: Any, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A native crash in the gate's child process (as onnxruntime 1.32 did on some FP16 graphs) is a failed gate."""
+    import sys
+
     from edgeprompt.export.graph import build_graph
     from edgeprompt.export.onnx import export_onnx
     from edgeprompt.export.verify import ort_outputs
     from edgeprompt.methods import create_method
 
     method = create_method("zeroshot", tiny_backbone, ["red", "green", "blue"]).eval()
-    path = export_onnx(build_graph(tiny_backbone, method, precision="fp16"), tmp_path / "m.onnx",
-                       IOSpec.classifier(32, 3), exporter="legacy")
+    io = IOSpec.classifier(32, 3)
+    path = export_onnx(build_graph(tiny_backbone, method), tmp_path / "m.onnx", io)
     pixels = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
-    try:
-        out = ort_outputs(path, pixels)
-    except ExportError as e:  # the crash seen with onnxruntime 1.32
-        assert "crashed" in str(e)
-    else:  # a fixed onnxruntime: the graph simply runs
-        assert out[OUTPUT_LOGITS].shape == (3, 3)
+    assert ort_outputs(path, io, pixels)[OUTPUT_LOGITS].shape == (3, 3)  # the real child runs the graph
+    crasher = tmp_path / "crash.sh"
+    crasher.write_text("#!/bin/sh\nkill -SEGV $$\n")  # stands in for the interpreter: dies of a signal
+    crasher.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(crasher))
+    with pytest.raises(ExportError, match=r"crashed \(signal 11\)"):
+        ort_outputs(path, io, pixels)
 
 
 def test_external_data_bundle_loads_after_copy(tiny_model: str, image_folder: Path, cache_dir: Path,
                                                tmp_path: Path) -> None:
-    from edgeprompt.export import export_run
     from edgeprompt.runtime import load_bundle
 
     run = tune_run(tiny_model, "zeroshot", image_folder, tmp_path / "run", cache_dir)
@@ -154,7 +162,6 @@ def test_external_data_bundle_loads_after_copy(tiny_model: str, image_folder: Pa
 def test_failed_parity_gate_leaves_no_bundle(tiny_model: str, image_folder: Path, cache_dir: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import edgeprompt.export.verify as verify
-    from edgeprompt.export import export_run
 
     run = tune_run(tiny_model, "coop", image_folder, tmp_path / "run", cache_dir, n_ctx=4)
     real = verify.torch_logits
@@ -172,7 +179,7 @@ def test_failed_parity_gate_leaves_no_bundle(tiny_model: str, image_folder: Path
 
 
 def test_trt_without_tensorrt_writes_nothing(tiny_model: str, tmp_path: Path) -> None:
-    from edgeprompt.export import build_trt, export_run
+    from edgeprompt.export import build_trt
     from edgeprompt.export.tensorrt import trt_status
 
     if trt_status() is None:
@@ -224,19 +231,20 @@ def test_non_foldable_method_keeps_text_branch(tiny_backbone: Any, tmp_path: Pat
     for precision in ("fp32", "fp16"):  # fp16: half image encoder, the method head stays fp32
         graph = build_graph(tiny_backbone, method, precision=precision)
         path = export_onnx(graph, tmp_path / f"{precision}.onnx", IOSpec.classifier(32, 4))
-        outputs = ort_outputs(path, pixels, chunk=4)
+        outputs = ort_outputs(path, IOSpec.classifier(32, 4), pixels, chunk=4)
         numbers = compare(ref, outputs, precision=precision, logit_scale=method.scale)
         assert numbers["passed"], numbers
 
 
 def test_export_refuses_bad_options(tmp_path: Path) -> None:
     from edgeprompt.errors import ConfigError
-    from edgeprompt.export import export_run
 
     with pytest.raises(ConfigError, match="opset"):
         export_run(tmp_path / "run", tmp_path / "b", opset=13)
-    with pytest.raises(ConfigError, match="nothing to export"):
-        export_run(tmp_path / "run", tmp_path / "b", onnx=False)
+    with pytest.raises(ConfigError, match="opset 99 is outside 17..21"):
+        export_run(tmp_path / "run", tmp_path / "b", opset=99)
+    with pytest.raises(ConfigError, match="overlaps the run directory"):
+        export_run(tmp_path / "run", tmp_path / "run", overwrite=True)
     (tmp_path / "b").mkdir()
     with pytest.raises(ConfigError, match="already exists"):
         export_run(tmp_path / "run", tmp_path / "b")
@@ -260,13 +268,15 @@ def test_dynamo_exporter_gives_the_same_graph(tiny_backbone: Any, tmp_path: Path
         ["batch"] * 3
     assert not (tmp_path / "model.onnx.data").exists()  # re-saved as one self-contained file
     pixels = np.random.default_rng(1).random((5, 3, 32, 32), dtype=np.float32)
-    numbers = compare(torch_logits(tiny_backbone, method, pixels), ort_outputs(path, pixels, chunk=2),
-                      precision="fp32", logit_scale=tiny_backbone.logit_scale)
+    outputs = ort_outputs(path, IOSpec.classifier(32, 3), pixels, chunk=2)
+    numbers = compare(torch_logits(tiny_backbone, method, pixels), outputs, precision="fp32",
+                      logit_scale=tiny_backbone.logit_scale)
     assert numbers["passed"], numbers
 
 
 def test_export_dispatches_on_what_the_path_holds(tiny_model: str, image_folder: Path, cache_dir: Path,
                                                   tmp_path: Path) -> None:
+    from edgeprompt.config import ExportConfig
     from edgeprompt.errors import ConfigError
     from edgeprompt.export import default_bundle_dir, export
     from tests.tiny_bundle import write_tiny_bundle
@@ -274,9 +284,9 @@ def test_export_dispatches_on_what_the_path_holds(tiny_model: str, image_folder:
     bundle = tmp_path / "tiny"
     write_tiny_bundle(bundle)
     with pytest.raises(ConfigError, match="already an exported bundle"):
-        export(bundle)
+        export(ExportConfig(source=str(bundle)))
     run = tune_run(tiny_model, "zeroshot", image_folder, tmp_path / "run", cache_dir)
-    res = export(run, n_check=2)
+    res = export(ExportConfig(source=str(run), n_check=2))
     assert Path(res["bundle"]) == default_bundle_dir(run) == tmp_path / "run-bundle"
 
 
@@ -285,7 +295,6 @@ def test_export_visprompt_keeps_text_encoder(kv: str, tiny_model: str, image_fol
                                              tmp_path: Path) -> None:
     """VisPrompt (image-conditioned prompts) is exported unfolded: adapter + text encoder run inside the graph."""
     pytest.importorskip("edgeprompt.methods.visprompt")
-    from edgeprompt.export import export_run
     from edgeprompt.runtime import load_bundle
 
     run = tune_run(tiny_model, "visprompt", image_folder, tmp_path / "run", cache_dir, n_ctx=4, kv=kv)

@@ -15,6 +15,7 @@ from PIL import Image
 
 import edgeprompt
 from edgeprompt.bench import csv, environment, markdown_table, measure_latency
+from edgeprompt.bench.latency import summarize
 from edgeprompt.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
 from edgeprompt.manifest import IOSpec, TensorSpec
 from edgeprompt.preprocess import preprocess_batch
@@ -153,7 +154,11 @@ def test_latency_and_reports(bundle: Path) -> None:
     assert res.backend == "ort-cpu" and res.provider == "CPUExecutionProvider"
     assert res.iters == 20 and res.warmup_iters == 2 and res.batch == 4 and res.input_shape == (3, SIZE, SIZE)
     assert 0 < res.min_ms <= res.p50_ms <= res.p90_ms <= res.p99_ms <= res.max_ms
-    assert res.throughput == pytest.approx(4e3 / res.mean_ms)
+    # known call times -> known statistics (percentiles by linear interpolation, as numpy's default)
+    known = summarize(np.array([0.001, 0.002, 0.003, 0.010]), backend="x", provider="y", batch=8, warmup_iters=0,
+                      shape=(3, SIZE, SIZE))
+    assert (known.p50_ms, known.mean_ms, known.min_ms, known.max_ms) == pytest.approx((2.5, 4.0, 1.0, 10.0))
+    assert known.p90_ms == pytest.approx(7.9) and known.throughput == pytest.approx(2000.0)  # 8 images / 4 ms
     timed = measure_latency(runtime, batch=1, warmup=0, warmup_seconds=0.01, iters=1, seconds=0.05)
     assert timed.iters >= 1 and timed.warmup_iters >= 1
     with pytest.raises(ConfigError):

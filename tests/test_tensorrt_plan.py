@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgeprompt.config import TrtProfile
 from edgeprompt.errors import ConfigError, EdgePromptError, ExportError, MissingDependencyError
 from edgeprompt.export.tensorrt import (
     _summarise_inspector,
@@ -27,19 +28,20 @@ PRECISION_FLAGS = {"--fp16", "--int8", "--best", "--bf16", "--fp8"}
 
 
 def test_profile_shapes_vary_only_the_batch() -> None:
-    assert profile_shapes(IO, 1, 4, 16) == {"pixels": ((1, 3, 224, 224), (4, 3, 224, 224), (16, 3, 224, 224))}
+    assert profile_shapes(IO, TrtProfile(1, 4, 16)) == \
+        {"pixels": ((1, 3, 224, 224), (4, 3, 224, 224), (16, 3, 224, 224))}
     with pytest.raises(ConfigError, match="min <= opt <= max"):
-        profile_shapes(IO, 2, 1, 8)
+        profile_shapes(IO, TrtProfile(2, 1, 8))
     with pytest.raises(ConfigError):
-        profile_shapes(IO, 0, 1, 8)
+        profile_shapes(IO, TrtProfile(0, 1, 8))
     dyn = IOSpec(inputs=(TensorSpec("pixels", ("batch", 3, "height", 224)),), outputs=IO.outputs)
     with pytest.raises(ConfigError, match="only 'batch'"):
         profile_shapes(dyn)
 
 
 def test_trtexec_command_trt10_fp16() -> None:
-    cmd = trtexec_command("b/model.onnx", "b/model.engine", IO, 1, 4, 16, fp16=True, trt_major=10,
-                          workspace_mib=1024, timing_cache="b/timing.cache")
+    cmd = trtexec_command("b/model.onnx", "b/model.engine", IO, TrtProfile(1, 4, 16, workspace_mib=1024), fp16=True,
+                          trt_major=10, timing_cache="b/timing.cache")
     assert cmd[0] == "trtexec"
     for arg in ("--onnx=b/model.onnx", "--saveEngine=b/model.engine", "--minShapes=pixels:1x3x224x224",
                 "--optShapes=pixels:4x3x224x224", "--maxShapes=pixels:16x3x224x224",
@@ -56,7 +58,7 @@ def test_trtexec_command_trt10_fp32_has_no_precision_flags() -> None:
 
 @pytest.mark.parametrize("fp16", [True, False])
 def test_trtexec_command_trt11_is_strongly_typed(fp16: bool) -> None:
-    cmd = trtexec_command("m.onnx", "m.engine", IO, 1, 1, 8, fp16=fp16, trt_major=11)
+    cmd = trtexec_command("m.onnx", "m.engine", IO, TrtProfile(1, 1, 8), fp16=fp16, trt_major=11)
     assert "--stronglyTyped" in cmd and not PRECISION_FLAGS & set(cmd)
     assert "--maxShapes=pixels:8x3x224x224" in cmd
 
@@ -81,7 +83,7 @@ def test_precision_plan() -> None:
 
 
 def test_trtexec_script(tmp_path: Path) -> None:
-    path = write_trtexec_script(tmp_path, IO, fp16=True, max_batch=8)
+    path = write_trtexec_script(tmp_path, IO, fp16=True, profile=TrtProfile(max_batch=8))
     text = path.read_text()
     assert path.name == "trtexec.sh" and path.stat().st_mode & 0o100
     assert "--fp16" in text and "--stronglyTyped" in text and "/usr/src/tensorrt/bin/trtexec" in text
@@ -138,7 +140,7 @@ def test_engine_matches_onnxruntime(tmp_path: Path, fp16: bool) -> None:
     manifest = write_tiny_bundle(tmp_path)
     assert manifest.io is not None
     engine = build_engine(tmp_path / "model.onnx", tmp_path / "model.engine", manifest.io, fp16=fp16,
-                          max_batch=4, timing_cache_path=tmp_path / "timing.cache")
+                          profile=TrtProfile(max_batch=4), timing_cache_path=tmp_path / "timing.cache")
     assert engine.read_bytes()[:4] != b"\x00\x00\x00\x00" and (tmp_path / "timing.cache").is_file()
     info = inspect_engine(engine)
     assert info["layers"] >= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from edgeprompt.errors import ConfigError
 from edgeprompt.methods import create_method
 from edgeprompt.methods.prompt_learner import PromptLearner
 
@@ -53,8 +54,17 @@ def test_prefix_sharing_equals_plain_on_vit_b32() -> None:
 
 
 def test_ctx_init_from_words(tiny_backbone) -> None:  # noqa: ANN001
-    m = create_method("coop", tiny_backbone, NAMES, ctx_init="a photo of a")
+    m = create_method("coop", tiny_backbone, NAMES, ctx_init="a photo of a", n_ctx=4)
     assert m.prompt.n_ctx == 4
-    # initialised from the words, the prompt equals the hand-written template exactly
+    # initialised from the words alone, the prompt equals the hand-written template exactly
     ref = tiny_backbone.encode_text([f"a photo of a {n}." for n in NAMES])
     assert (m.text_features() - ref).abs().max().item() <= TOL
+    # the default: 16 vectors whose last 4 are the template's words, the rest CoOp's N(0, 0.02) draw
+    d = create_method("coop", tiny_backbone, NAMES)
+    words = tiny_backbone.embed_tokens(tiny_backbone.tokenize(["a photo of a"]))[0, 1:5]
+    assert d.prompt.n_ctx == 16 and torch.equal(d.prompt.ctx[12:], words.float())
+    assert 0.01 < d.prompt.ctx[:12].std().item() < 0.03
+    paper = create_method("coop", tiny_backbone, NAMES, ctx_init="")
+    assert torch.equal(paper.prompt.ctx[:12], d.prompt.ctx[:12]) and not torch.equal(paper.prompt.ctx, d.prompt.ctx)
+    with pytest.raises(ConfigError, match="more than --n-ctx"):
+        create_method("coop", tiny_backbone, NAMES, ctx_init="a photo of a", n_ctx=2)

@@ -21,7 +21,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _top1(world: Path, method: str, noise: str, epochs: int, seed: int = 1) -> float:
     run = world / "runs" / f"{method}-{noise}-{seed}"
     api.tune(TuneConfig(train=str(world / "data" / "train"), out=str(run), method=method, shots=16, noise=noise,
-                        crop_scale=api.DEMO_CROP_SCALE, cache_dir=str(world / "cache"), overwrite=True,
+                        cache_dir=str(world / "cache"), overwrite=True,
                         train_cfg=TrainConfig(epochs=epochs, seed=seed, eval_every=0)))
     return api.evaluate(run, world / "data" / "test", cache_dir=str(world / "cache"))["top1"]
 

@@ -10,24 +10,32 @@ predictions, model size and precision. Unavailable backends are listed with the 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeprompt.bench.latency import measure_latency, summarize
+from edgeprompt.bench.latency import measure_latency
 from edgeprompt.bench.report import environment, markdown_table
+from edgeprompt.config import BENCH_BACKENDS, BenchConfig
 from edgeprompt.errors import ConfigError, EdgePromptError
+from edgeprompt.fileio import atomic_write_json, atomic_write_text, check_not_inside
 from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, Manifest
 from edgeprompt.progress import NullReporter, Reporter
+from edgeprompt.registry import suggest
+from edgeprompt.runtime.base import input_shape
 
-BACKENDS = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")
+BACKENDS = BENCH_BACKENDS
 COLUMNS = ["backend", "status", "precision", "size_mb", "batch", "top1", "agreement", "p50_ms", "p90_ms", "p99_ms",
            "img_per_s", "e2e_p50_ms"]
 
 
-def backend_status(bundle: Path, names: Sequence[str]) -> dict[str, str | None]:
+MAX_BENCH_BYTES = 2 << 30  # the largest input batch a bench allocates (2 GiB): a 224 px batch of about 3,500
+
+
+def backend_status(bundle: Path, names: Sequence[str], reference: Callable[[Path], Any] | None = None
+                   ) -> dict[str, str | None]:
     """Backend -> None when it can run this bundle here, else why not."""
     from edgeprompt._optional import available
     from edgeprompt.runtime import available_backends
@@ -39,24 +47,13 @@ def backend_status(bundle: Path, names: Sequence[str]) -> dict[str, str | None]:
             missing = [m for m in ("torch", "open_clip") if not available(m)]
             src = Manifest.read(bundle).extra.get("source_run")
             out[name] = (f"{', '.join(missing)} not installed" if missing else
-                         None if src and Path(src).is_dir() else "the bundle's source run directory is not here")
+                         "no torch reference given (use the Python API's edgeprompt.api.bench)" if reference is None
+                         else None if src and Path(src).is_dir() else "the bundle's source run directory is not here")
         elif name == "trt" and not (bundle / ENGINE_FILE).is_file():
             out[name] = f"no {ENGINE_FILE} in the bundle: build it on this device with `edgeprompt export BUNDLE --trt`"
-        elif name not in status:
-            raise ConfigError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
         else:
             out[name] = status[name]
     return out
-
-
-def _load(bundle: Path, name: str) -> Any:
-    if name == "torch":
-        from edgeprompt.export.reference import TorchRuntime
-
-        return TorchRuntime(bundle)
-    from edgeprompt.runtime import load_runtime
-
-    return load_runtime(bundle, name)
 
 
 def _size_mb(bundle: Path, name: str, manifest: Manifest) -> float | None:
@@ -78,8 +75,7 @@ def _e2e(runtime: Any, manifest: Manifest, paths: list[Path], batch: int, iters:
         t0 = time.perf_counter()
         runtime.run(preprocess_batch([load_image(p) for p in chunk], manifest.preprocess))
         times.append(time.perf_counter() - t0)
-    return summarize(np.asarray(times), backend=runtime.name, provider=runtime.provider, batch=batch,
-                     warmup_iters=0, shape=(3, 1, 1)).p50_ms
+    return float(np.median(times) * 1e3)
 
 
 def _predictions(runtime: Any, manifest: Manifest, paths: list[Path], batch: int = 32) -> np.ndarray:
@@ -93,33 +89,69 @@ def _predictions(runtime: Any, manifest: Manifest, paths: list[Path], batch: int
     return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
 
-def bench(bundle: str | Path, data: str | Path | None = None, *, backends: Sequence[str] = BACKENDS,
-          batches: Sequence[int] = (1, 8, 32), warmup: int = 10, iters: int = 50, seconds: float | None = None,
-          e2e_iters: int = 10, max_images: int | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Benchmark ``bundle`` on each available backend; see the module docstring for what is measured."""
+def _validate(cfg: BenchConfig, manifest: Manifest) -> None:
+    for name in cfg.backends:
+        if name not in BACKENDS:
+            raise ConfigError(f"unknown backend {name!r}.{suggest(name, list(BACKENDS))} Choose from "
+                              f"{', '.join(BACKENDS)}")
+    assert manifest.io is not None  # read_bundle_manifest checks it
+    per_image = 4 * int(np.prod(input_shape(manifest.io)))
+    for b in cfg.batches:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ConfigError(f"--batch sizes must be whole numbers >= 1, got {b!r}")
+        if b * per_image > MAX_BENCH_BYTES:
+            raise ConfigError(f"--batch {b} needs {b * per_image / 2**30:.1f} GiB of input alone (limit "
+                              f"{MAX_BENCH_BYTES / 2**30:.0f} GiB): use at most {MAX_BENCH_BYTES // per_image}")
+    if cfg.warmup < 0 or cfg.iters < 1 or cfg.e2e_iters < 0 or (cfg.seconds is not None and not cfg.seconds > 0):
+        raise ConfigError(f"need --warmup >= 0, --iters >= 1 and --seconds > 0; got warmup={cfg.warmup}, "
+                          f"iters={cfg.iters}, seconds={cfg.seconds}")
+    if cfg.max_images is not None and cfg.max_images < 1:
+        raise ConfigError(f"--max-images must be >= 1, got {cfg.max_images}")
+
+
+def bench(cfg: BenchConfig, reporter: Reporter | None = None,
+          reference: Callable[[Path], Any] | None = None) -> dict[str, Any]:
+    """Benchmark ``cfg.bundle`` on each available backend; see the module docstring for what is measured.
+
+    Args:
+        cfg: Backends, batches, timing, test data, output folder.
+        reporter: Progress reporting.
+        reference: Builds the ``torch`` reference runtime from a bundle path (the workstation passes
+            :class:`edgeprompt.export.reference.TorchRuntime`; the device side has none).
+
+    Raises:
+        ConfigError: Bad options, or none of the requested backends can run here.
+    """
     from edgeprompt.data import load_labeled
     from edgeprompt.data.folder import match_classes
+    from edgeprompt.manifest import read_bundle_manifest
+    from edgeprompt.runtime import load_runtime
 
     rep = reporter or NullReporter()
-    bundle = Path(bundle)
-    manifest = Manifest.read(bundle)
-    if manifest.kind != "bundle" or manifest.io is None:
-        raise ConfigError(f"{bundle} is not an export bundle: run `edgeprompt export RUN --out BUNDLE` first")
+    bundle = Path(cfg.bundle)
+    manifest = read_bundle_manifest(bundle)
+    _validate(cfg, manifest)
+    out = Path(cfg.out) if cfg.out is not None else None
+    if out is not None:
+        check_not_inside(out, {"the bundle": bundle, "the test data": cfg.data})
     paths: list[Path] = []
     labels = None
-    if data is not None:
-        ds = match_classes(list(manifest.classnames), load_labeled(data), "benchmark data")
-        keep = range(min(len(ds), max_images or len(ds)))
+    if cfg.data is not None:
+        ds = match_classes(list(manifest.classnames), load_labeled(cfg.data), "benchmark data")
+        keep = range(min(len(ds), cfg.max_images or len(ds)))
         paths, labels = [ds.paths[i] for i in keep], np.array([ds.labels[i] for i in keep])
-    status = backend_status(bundle, backends)
+    status = backend_status(bundle, cfg.backends, reference)
+    usable = [b for b in cfg.backends if status[b] is None]
+    if not usable:
+        why = "; ".join(f"{b}: {r}" for b, r in status.items())
+        raise ConfigError(f"none of the requested backends can run here ({why})")
     precision = manifest.extra.get("export", {}).get("precision", "fp32")
     rows: list[dict[str, Any]] = []
-    reference: np.ndarray | None = None
+    reference_pred: np.ndarray | None = None
     tick = rep.task("benchmarking")
-    usable = [b for b in backends if status[b] is None]
     for k, name in enumerate(usable):
         try:
-            runtime = _load(bundle, name)
+            runtime = reference(bundle) if name == "torch" and reference else load_runtime(bundle, name)
         except EdgePromptError as e:  # e.g. a GPU provider that fell back to CPU
             status[name] = str(e)
             continue
@@ -128,25 +160,32 @@ def bench(bundle: str | Path, data: str | Path | None = None, *, backends: Seque
             if labels is not None:
                 pred = _predictions(runtime, manifest, paths)
                 acc = float((pred == labels).mean())
-                reference = pred if reference is None else reference
-                agree = float((pred == reference).mean())
-            for b in batches:
-                lat = measure_latency(runtime, b, warmup=warmup, iters=iters, seconds=seconds)
+                reference_pred = pred if reference_pred is None else reference_pred
+                agree = float((pred == reference_pred).mean())
+            for b in cfg.batches:
+                lat = measure_latency(runtime, b, warmup=cfg.warmup, iters=cfg.iters, seconds=cfg.seconds)
                 rows.append({
                     "backend": name, "provider": runtime.provider, "status": "ok", "precision": precision,
                     "size_mb": _size_mb(bundle, name, manifest), "batch": b, "top1": acc, "agreement": agree,
                     "p50_ms": lat.p50_ms, "p90_ms": lat.p90_ms, "p99_ms": lat.p99_ms, "mean_ms": lat.mean_ms,
                     "img_per_s": lat.throughput, "iters": lat.iters,
-                    "e2e_p50_ms": _e2e(runtime, manifest, paths, b, e2e_iters),
+                    "e2e_p50_ms": _e2e(runtime, manifest, paths, b, cfg.e2e_iters),
                 })
         finally:
             runtime.close()
         tick(k + 1, len(usable), backend=name)
+    if not rows:
+        why = "; ".join(f"{b}: {r}" for b, r in status.items() if r)
+        raise ConfigError(f"no backend could load the bundle ({why})")
     unavailable = {b: r for b, r in status.items() if r is not None}
-    return {"bundle": str(bundle), "method": manifest.method, "model": manifest.backbone.model,
-            "classes": manifest.num_classes, "data": str(data) if data else None, "n_images": len(paths),
-            "reference": next((r["backend"] for r in rows), None), "rows": rows, "unavailable": unavailable,
-            "environment": environment()}
+    result = {"bundle": str(bundle), "method": manifest.method, "model": manifest.backbone.model,
+              "classes": manifest.num_classes, "data": str(cfg.data) if cfg.data else None, "n_images": len(paths),
+              "reference": next((r["backend"] for r in rows), None), "rows": rows, "unavailable": unavailable,
+              "environment": environment()}
+    if out is not None:
+        atomic_write_json(out / "bench.json", result)
+        atomic_write_text(out / "bench.md", report_markdown(result))
+    return result
 
 
 def report_markdown(result: dict[str, Any]) -> str:

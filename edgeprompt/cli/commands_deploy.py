@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from edgeprompt.cli.ui import command, emit, reporter, table
+from edgeprompt.config import BenchConfig, ExportConfig, TrtProfile, defaults
 
 JSON = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
 
@@ -32,14 +33,23 @@ def predict(
     emit(result, as_json, render)
 
 
+_EXPORT = defaults(ExportConfig)
+_PROFILE = TrtProfile()
+_BENCH = defaults(BenchConfig)
+
+
 def export(
     source: Annotated[Path, typer.Argument(help="Run directory (from `tune`) to export, or a bundle to build a TensorRT engine for.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Bundle directory to create (for a run directory).")] = None,
-    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Write model.onnx (always, when exporting a run).")] = True,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Bundle directory to create (for a run directory; default RUN-bundle).")] = None,
+    onnx: Annotated[bool, typer.Option("--onnx", help="Write model.onnx (always done when exporting a run; accepted for clarity).")] = True,
     trt: Annotated[bool, typer.Option("--trt", help="Build model.engine with TensorRT here (needs TensorRT and a GPU).")] = False,
-    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 weights with FP32 I/O and FP32 LayerNorm/softmax.")] = False,
-    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
-    max_batch: Annotated[int, typer.Option(help="Largest batch of the TensorRT optimisation profile.")] = 32,
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 weights with FP32 I/O and FP32 LayerNorm/softmax.")] = _EXPORT["fp16"],
+    opset: Annotated[int, typer.Option(help="ONNX opset (17..21).")] = _EXPORT["opset"],
+    n_check: Annotated[int, typer.Option(help="Tuning images in the torch/onnxruntime parity gate.")] = _EXPORT["n_check"],
+    min_batch: Annotated[int, typer.Option(help="Smallest batch of the TensorRT profile.", rich_help_panel="TensorRT")] = _PROFILE.min_batch,
+    opt_batch: Annotated[int, typer.Option(help="Batch TensorRT tunes for (the batch you will run).", rich_help_panel="TensorRT")] = _PROFILE.opt_batch,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the TensorRT profile.", rich_help_panel="TensorRT")] = _PROFILE.max_batch,
+    workspace_mib: Annotated[int, typer.Option(help="TensorRT builder workspace in MiB.", rich_help_panel="TensorRT")] = _PROFILE.workspace_mib,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle (only once the new one passed).")] = False,
     as_json: JSON = False,
 ) -> None:
@@ -50,9 +60,11 @@ def export(
     """
     from edgeprompt import api
 
+    cfg = ExportConfig(source=str(source), out=str(out) if out else None, fp16=fp16, opset=opset, n_check=n_check,
+                       trt=trt, overwrite=overwrite,
+                       profile=TrtProfile(min_batch, opt_batch, max_batch, workspace_mib))
     with reporter() as rep:
-        result = api.export(source, out, onnx=onnx, trt=trt, fp16=fp16, opset=opset, max_batch=max_batch,
-                            overwrite=overwrite, reporter=rep)
+        result = api.export(cfg, rep)
     emit(result, as_json, lambda r: table("export", ["name", "value"],
                                           [[k, v] for k, v in r.items() if not isinstance(v, (dict, list))]))
 
@@ -60,10 +72,10 @@ def export(
 def bench(
     bundle: Annotated[Path, typer.Argument(help="Export bundle to benchmark.")],
     data: Annotated[Path | None, typer.Option(help="Labeled test folder: adds top-1, agreement and end-to-end latency.")] = None,
-    backend: Annotated[str, typer.Option(help="Comma-separated backends: torch,ort-cpu,ort-cuda,ort-trt,trt.")] = "torch,ort-cpu,ort-cuda,ort-trt,trt",
-    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
-    warmup: Annotated[int, typer.Option(help="Untimed calls before timing.")] = 10,
-    iters: Annotated[int, typer.Option(help="Timed calls per (backend, batch).")] = 50,
+    backend: Annotated[str, typer.Option(help="Comma-separated backends: torch,ort-cpu,ort-cuda,ort-trt,trt.")] = ",".join(_BENCH["backends"]),
+    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = ",".join(map(str, _BENCH["batches"])),
+    warmup: Annotated[int, typer.Option(help="Untimed calls before timing.")] = _BENCH["warmup"],
+    iters: Annotated[int, typer.Option(help="Timed calls per (backend, batch).")] = _BENCH["iters"],
     seconds: Annotated[float | None, typer.Option(help="Time for at least this long instead (with at least --iters calls).")] = None,
     max_images: Annotated[int | None, typer.Option(help="Use at most this many test images.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write bench.json and bench.md here.")] = None,
@@ -71,12 +83,15 @@ def bench(
 ) -> None:
     """Latency (p50/p90/p99, throughput, end to end) and accuracy of a bundle on each available backend."""
     from edgeprompt import api
-    from edgeprompt.bench.run import report_markdown
+    from edgeprompt.bench.run import BACKENDS, report_markdown
+    from edgeprompt.config import split_list
 
+    cfg = BenchConfig(bundle=str(bundle), data=str(data) if data else None,
+                      backends=split_list(backend, "--backend", choices=BACKENDS),
+                      batches=split_list(batch, "--batch", int), warmup=warmup, iters=iters, seconds=seconds,
+                      max_images=max_images, out=str(out) if out else None)
     with reporter() as rep:
-        result = api.bench(bundle, data, backends=[b for b in backend.split(",") if b],
-                           batches=[int(b) for b in batch.split(",") if b], warmup=warmup, iters=iters,
-                           seconds=seconds, max_images=max_images, out=out, reporter=rep)
+        result = api.bench(cfg, rep)
     emit(result, as_json, lambda r: print(report_markdown(r)))
 
 

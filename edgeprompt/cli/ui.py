@@ -83,6 +83,27 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights" warning is ours to give
 
 
+def error_kind(e: BaseException) -> str:
+    """``config`` | ``data`` | ``artifact`` | ``export`` | ``dependency`` | ``usage``: what ``--json`` errors carry."""
+    from edgeprompt import errors
+
+    for cls, kind in ((errors.ConfigError, "config"), (errors.DataError, "data"), (errors.ArtifactError, "artifact"),
+                      (errors.ExportError, "export"), (errors.MissingDependencyError, "dependency")):
+        if isinstance(e, cls):
+            return kind
+    return "usage"
+
+
+def fail(message: str, kind: str, as_json: bool) -> None:
+    """One line on stderr (and with ``--json`` one JSON object on stdout), then exit code 2."""
+    message = " ".join(message.split())  # one line, whatever the exception text held
+    typer.echo(f"error: {message}", err=True)
+    if as_json:
+        sys.stdout.write(json.dumps({"error": message, "kind": kind}) + "\n")
+        sys.stdout.flush()
+    raise typer.Exit(2)
+
+
 def command(fn: F) -> F:
     """Turn EdgePromptError into one line on stderr and exit code 2; Ctrl-C into a resume hint."""
 
@@ -92,8 +113,7 @@ def command(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except EdgePromptError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            fail(str(e), error_kind(e), bool(kwargs.get("as_json")))
         except KeyboardInterrupt:
             typer.echo("interrupted: run the same command again to resume where it stopped", err=True)
             raise typer.Exit(130) from None

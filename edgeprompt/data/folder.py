@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,40 @@ def check_image(path: Path) -> str | None:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         return f"not a readable image ({type(e).__name__}: {e})"
     return None
+
+
+def image_side(paths: Sequence[Path], sample: int = 64) -> int | None:
+    """Median shorter side in pixels of up to ``sample`` of ``paths`` (headers only), or None when none opens."""
+    from PIL import Image
+
+    step = max(1, len(paths) // sample)
+    sides = []
+    for p in list(paths)[::step][:sample]:
+        try:
+            with Image.open(p) as im:
+                sides.append(min(im.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return int(sorted(sides)[len(sides) // 2]) if sides else None
+
+
+def list_images(items: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Image files named directly, plus the images found recursively in named folders (hidden entries skipped).
+
+    Raises:
+        DataError: an item does not exist, or nothing to classify was found.
+    """
+    paths: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            paths.extend(sorted(p for p in item.rglob("*") if is_image_file(p) and _visible(p, item)))
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise DataError(f"{item} does not exist: pass image files or folders that contain images")
+    if not paths:
+        raise DataError("no images to classify: pass image files or folders that contain images")
+    return paths
 
 
 def _visible(p: Path, root: Path) -> bool:

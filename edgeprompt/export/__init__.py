@@ -8,6 +8,9 @@ imported lazily from here, so ``import edgeprompt.export`` stays cheap.
 >>> from edgeprompt.export import FORMATS
 >>> FORMATS["onnx"].file
 'model.onnx'
+
+``FORMATS`` is what ``check_formats`` validates a request against: it names, per format, the packages that must be
+importable and whether a GPU is needed, so a missing piece is one line before any file is read.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeprompt.errors import ConfigError
+from edgeprompt.config import ExportConfig
+from edgeprompt.errors import ConfigError, MissingDependencyError
 from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE
 
 
@@ -29,36 +33,50 @@ class Format:
         name: Key used by the CLI and API ('onnx', 'trt').
         file: File written into the bundle.
         built_on: 'workstation' (needs torch) or 'target' (needs the device that will run it).
-        needs: Python packages that must be importable to produce it.
+        needs: Python packages (import names) that must be importable to produce it.
+        extra: The pip extra that installs them.
         gpu: Whether producing it needs a CUDA GPU.
-        options: Export options that apply to it.
     """
 
     name: str
     file: str
     built_on: str
     needs: tuple[str, ...]
+    extra: str
     gpu: bool
-    options: tuple[str, ...]
 
 
 FORMATS: dict[str, Format] = {
-    "onnx": Format("onnx", ONNX_FILE, "workstation", ("torch", "open_clip", "onnx", "onnxruntime"), False,
-                   ("opset", "fp16", "exporter", "n_check", "external_data")),
-    "trt": Format("trt", ENGINE_FILE, "target", ("tensorrt",), True,
-                  ("fp16", "max_batch", "min_batch", "opt_batch", "workspace_mib")),
+    "onnx": Format("onnx", ONNX_FILE, "workstation", ("torch", "open_clip", "onnx", "onnxscript", "onnxruntime"),
+                   "export", False),
+    "trt": Format("trt", ENGINE_FILE, "target", ("tensorrt",), "trt", True),
 }
 
 
-def check_formats(onnx: bool, trt: bool) -> list[str]:
-    """The formats an export call produces, in build order; the ONNX graph is always the source of an engine.
+def check_formats(names: list[str]) -> list[str]:
+    """Check that every format in ``names`` can be produced here; returns them in build order.
+
+    Only the packages are checked here (without importing them); the GPU for ``trt`` is checked by the
+    TensorRT build itself, with its own one-line message.
 
     Raises:
-        ConfigError: Neither format asked for.
+        ConfigError: An unknown format.
+        MissingDependencyError: A package a format needs is not installed (names the pip extra).
     """
-    if not (onnx or trt):
-        raise ConfigError("nothing to export: pass --onnx and/or --trt")
-    return ["onnx", "trt"] if trt else ["onnx"]
+    from edgeprompt._gpu import TRT_MISSING
+    from edgeprompt._optional import available
+
+    for name in names:
+        if name not in FORMATS:
+            raise ConfigError(f"unknown export format {name!r}: choose from {', '.join(FORMATS)}")
+        fmt = FORMATS[name]
+        missing = [m for m in fmt.needs if not available(m)]
+        if missing:
+            if name == "trt":
+                raise MissingDependencyError(TRT_MISSING)
+            raise MissingDependencyError(f"exporting {name} needs {', '.join(missing)}: "
+                                         f'pip install "edgeprompt[{fmt.extra}]"')
+    return [n for n in FORMATS if n in names]
 
 
 def default_bundle_dir(run_dir: str | os.PathLike[str]) -> Path:
@@ -67,21 +85,11 @@ def default_bundle_dir(run_dir: str | os.PathLike[str]) -> Path:
     return run_dir.with_name(f"{run_dir.name}-bundle")
 
 
-def export(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, onnx: bool = True,
-           trt: bool = False, fp16: bool = False, opset: int = 17, max_batch: int = 32, n_check: int = 32,
-           overwrite: bool = False, reporter: Any = None) -> dict[str, Any]:
+def export(cfg: ExportConfig, reporter: Any = None) -> dict[str, Any]:
     """``edgeprompt export PATH``: a run directory becomes a bundle; a bundle gets its TensorRT engine built here.
 
     Args:
-        path: A run directory (from ``tune``) or a bundle (from an earlier ``export``).
-        out: Bundle to create from a run (default :func:`default_bundle_dir`); not used for a bundle.
-        onnx: Export the ONNX graph (runs only; it is always written).
-        trt: Build ``model.engine`` (needs TensorRT and a GPU).
-        fp16: FP16 graph (runs) / FP16 engine (bundles).
-        opset: ONNX opset (runs).
-        max_batch: TensorRT profile maximum batch.
-        n_check: Parity-gate images (runs).
-        overwrite: Replace an existing bundle (runs).
+        cfg: What to export (see :class:`edgeprompt.config.ExportConfig`).
         reporter: A :class:`edgeprompt.progress.Reporter`.
 
     Returns:
@@ -90,20 +98,27 @@ def export(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = No
     Raises:
         ConfigError: A bundle without ``trt`` (nothing to do), or bad options.
     """
+    import dataclasses
+
     from edgeprompt.manifest import Manifest
 
-    kind = Manifest.read(path).kind
+    cfg.validate()
+    kind = Manifest.read(cfg.source).kind
     if kind == "bundle":
-        if not trt:
-            raise ConfigError(f"{path} is already an exported bundle: pass --trt to build its TensorRT engine on "
-                              f"this device")
+        if not cfg.trt:
+            raise ConfigError(f"{cfg.source} is already an exported bundle: pass --trt to build its TensorRT engine "
+                              f"on this device")
+        if cfg.out is not None:
+            raise ConfigError("--out is for exporting a run; the engine of a bundle is built inside the bundle")
+        check_formats(["trt"])
         from edgeprompt.export.target import build_trt
 
-        return build_trt(path, fp16=fp16, max_batch=max_batch, reporter=reporter)
+        return build_trt(cfg.source, fp16=cfg.fp16, profile=cfg.profile, reporter=reporter)
     from edgeprompt.export.bundle import export_run
 
-    return export_run(path, out if out is not None else default_bundle_dir(path), onnx=onnx, trt=trt, fp16=fp16,
-                      opset=opset, max_batch=max_batch, n_check=n_check, overwrite=overwrite, reporter=reporter)
+    if cfg.out is None:
+        cfg = dataclasses.replace(cfg, out=str(default_bundle_dir(cfg.source)))
+    return export_run(cfg, reporter)
 
 
 def __getattr__(name: str) -> Any:

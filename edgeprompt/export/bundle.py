@@ -21,20 +21,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from edgeprompt.config import ExportConfig
 from edgeprompt.errors import ConfigError
 from edgeprompt.export import check_formats
-from edgeprompt.export.target import build_engine_into, require_trt_build
-from edgeprompt.export.tensorrt import TRTEXEC_SCRIPT, write_trtexec_script
-from edgeprompt.fileio import atomic_dir, sha256_file
+from edgeprompt.export.target import build_engine_into
+from edgeprompt.export.tensorrt import TRTEXEC_SCRIPT, require_trt_build, write_trtexec_script
+from edgeprompt.fileio import atomic_dir, check_not_inside, output_lock, sha256_file
 from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, IOSpec, Manifest
 from edgeprompt.progress import NullReporter, Reporter
 
 log = logging.getLogger(__name__)
+MIN_OPSET, MAX_OPSET = 17, 21  # LayerNormalization arrives in 17; onnxruntime 1.17+ runs up to 21 (onnx 1.16)
 
 
 def onnx_metadata_for(manifest: Manifest, io: IOSpec, precision: str, run_dir: Path) -> dict[str, str]:
@@ -51,34 +52,12 @@ def onnx_metadata_for(manifest: Manifest, io: IOSpec, precision: str, run_dir: P
     }
 
 
-def _validate(opset: int, max_batch: int, n_check: int) -> None:
-    if opset < 17:
-        raise ConfigError(f"--opset {opset} is too old: use 17 or newer (LayerNormalization; TensorRT's FP16-safe "
-                          f"normalisation)")
-    if max_batch < 1 or n_check < 1:
-        raise ConfigError(f"--max-batch and the number of check images must be >= 1 (got {max_batch}, {n_check})")
-
-
-def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, onnx: bool = True,
-               trt: bool = False, fp16: bool = False, opset: int = 17, max_batch: int = 32, n_check: int = 32,
-               exporter: str = "auto", external_data: bool | None = None, overwrite: bool = False,
-               reporter: Reporter | None = None) -> dict[str, Any]:
-    """Export a tuned run into a bundle directory, gated on torch/onnxruntime parity.
+def export_run(cfg: ExportConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Export a tuned run (``cfg.source``) into the bundle ``cfg.out``, gated on torch/onnxruntime parity.
 
     Args:
-        run_dir: Run directory from ``edgeprompt tune``.
-        out: Bundle directory to create.
-        onnx: Write ``model.onnx`` (it is always written: it is what every runtime and the engine build read).
-        trt: Also build ``model.engine`` here (needs TensorRT and a GPU; usually done on the target with
-            ``edgeprompt export BUNDLE --trt``).
-        fp16: Export FP16 weights with FP32 I/O, LayerNorm, normalisation, class MatMul and softmax; gated with the
-            FP16 rule. TensorRT 11 needs this for an FP16 engine.
-        opset: ONNX opset (>= 17).
-        max_batch: Largest batch of the TensorRT profile (``trtexec.sh`` and ``trt``).
-        n_check: Images of the run's tuning split used by the parity gate.
-        exporter: 'auto', 'legacy' or 'dynamo' (see :mod:`edgeprompt.export.onnx`).
-        external_data: Weights in ``model.onnx.data`` (None: only when the graph is over ~1.8 GiB).
-        overwrite: Replace an existing ``out`` (only once the new bundle is complete).
+        cfg: Precision, opset, exporter, parity images, TensorRT profile, overwrite (see
+            :class:`edgeprompt.config.ExportConfig`). ``cfg.out`` must be set (the dispatcher fills the default).
         reporter: Progress reporting (default: log only).
 
     Returns:
@@ -86,19 +65,30 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
         engine info (or None), time.
 
     Raises:
-        ConfigError: Bad options, or ``out`` exists without ``overwrite``.
-        MissingDependencyError: ``trt`` without TensorRT (before anything is written).
+        ConfigError: Bad options, ``out`` exists without ``overwrite``, or ``out`` overlaps the run.
+        MissingDependencyError: A package the formats need (before anything is written).
         ExportError: No GPU for ``trt``, tracing failed, or the parity gate failed (no bundle is written).
-        ArtifactError: ``run_dir`` is not a valid run directory.
+        ArtifactError: ``cfg.source`` is not a valid run directory.
     """
-    formats = check_formats(onnx, trt)
-    _validate(opset, max_batch, n_check)
-    if trt:
+    cfg.validate()
+    if cfg.opset < MIN_OPSET or cfg.opset > MAX_OPSET:
+        raise ConfigError(f"--opset {cfg.opset} is outside {MIN_OPSET}..{MAX_OPSET}: {MIN_OPSET} is the first with "
+                          f"LayerNormalization (TensorRT's FP16-safe normalisation), {MAX_OPSET} the newest this "
+                          f"onnx and onnxruntime run")
+    formats = check_formats(["onnx", "trt"] if cfg.trt else ["onnx"])
+    if cfg.trt:
         require_trt_build()  # one line, before any file is read or written
-    out, run_dir = Path(out), Path(run_dir)
-    if out.exists() and not overwrite:
+    if cfg.out is None:
+        raise ConfigError("export_run needs cfg.out (the bundle directory to create)")
+    out, run_dir = Path(cfg.out), Path(cfg.source)
+    check_not_inside(out, {"the run directory": run_dir})
+    if out.exists() and not cfg.overwrite:
         raise ConfigError(f"{out} already exists: pass --overwrite, or choose another --out")
+    with output_lock(out):
+        return _export(cfg, run_dir, out, formats, reporter or NullReporter())
 
+
+def _export(cfg: ExportConfig, run_dir: Path, out: Path, formats: list[str], rep: Reporter) -> dict[str, Any]:
     import torch
 
     from edgeprompt.artifact import load_run
@@ -106,31 +96,30 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     from edgeprompt.export.onnx import export_onnx, external_data_files, onnx_metadata, onnx_summary
     from edgeprompt.export.verify import check_image_paths, load_check_pixels, parity_gate
 
-    rep = reporter or NullReporter()
     t0 = time.perf_counter()
-    precision = "fp16" if fp16 else "fp32"
-    steps = 3 + trt
+    precision = "fp16" if cfg.fp16 else "fp32"
+    steps = 3 + cfg.trt
     tick = rep.task(f"exporting {run_dir.name} ({precision}, {'+'.join(formats)})")
     run = load_run(run_dir, device="cpu")
     tick(1, steps, step="loaded run")
     spec = dataclasses.replace(run.manifest.preprocess, normalize_in_graph=True)  # the graph normalises
     graph = build_graph(run.backbone, run.method, spec, precision)
     io = IOSpec.classifier(spec.image_size, run.manifest.num_classes)
-    paths = check_image_paths(run_dir, n_check)
-    pixels, source = load_check_pixels(paths, spec, n_check)
+    paths = check_image_paths(run_dir, cfg.n_check)
+    pixels, source = load_check_pixels(paths, spec, cfg.n_check)
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        onnx_path = export_onnx(graph, tmp / ONNX_FILE, io, opset=opset, exporter=exporter,
+    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+        onnx_path = export_onnx(graph, tmp / ONNX_FILE, io, opset=cfg.opset, exporter=cfg.exporter,
                                 metadata=onnx_metadata_for(run.manifest, io, precision, run_dir),
-                                external_data=external_data)
+                                external_data=cfg.external_data)
         tick(2, steps, step="traced")
-        parity = parity_gate(run.backbone, run.method, onnx_path, pixels, precision=precision,
+        parity = parity_gate(run.backbone, run.method, onnx_path, io, pixels, precision=precision,
                              logit_scale=graph.logit_scale, source=source, threads=torch.get_num_threads())
         tick(3, steps, step="parity passed")
-        script = write_trtexec_script(tmp, io, fp16=fp16, max_batch=max_batch, onnx_fp16=fp16)
+        script = write_trtexec_script(tmp, io, fp16=cfg.fp16, profile=cfg.profile, onnx_fp16=cfg.fp16)
         engine = None
-        if trt:
-            engine = build_engine_into(tmp, io, fp16=fp16, onnx_fp16=fp16, max_batch=max_batch)
+        if cfg.trt:
+            engine = build_engine_into(tmp, io, fp16=cfg.fp16, onnx_fp16=cfg.fp16, profile=cfg.profile)
             tick(4, steps, step="engine built")
         data_files = [str(f) for f in external_data_files(onnx_path)]
         files = {ONNX_FILE: sha256_file(onnx_path), **{f: sha256_file(tmp / f) for f in data_files}}
@@ -139,8 +128,9 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
             files[ENGINE_FILE] = engine.pop("sha256")
         summary = onnx_summary(onnx_path)
         settings = {
-            "precision": precision, "opset": summary["opset"], "exporter": onnx_metadata(onnx_path).get(
-                "edgeprompt.exporter"), "max_batch": max_batch, "n_check": n_check, "dynamic_batch": True,
+            "precision": precision, "opset": summary["opset"],
+            "exporter": onnx_metadata(onnx_path).get("edgeprompt.exporter"), "profile": dataclasses.asdict(cfg.profile),
+            "max_batch": cfg.profile.max_batch, "n_check": cfg.n_check, "dynamic_batch": True,
             "external_data": data_files,
         }
         extra = {
@@ -152,7 +142,7 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, 
             "parity": parity,
             "engine": engine,
         }
-        if fp16:
+        if cfg.fp16:
             extra["fp16"] = {"weights": "fp16", "io": "fp32", "kept_fp32": graph.info["fp32_ops"],
                              "initializers": summary["initializers"],
                              "note": "FP16 is in the graph (TensorRT 11 follows it; TensorRT 10 builds it typed)"}

@@ -1,30 +1,10 @@
 """Trace an :class:`~edgeprompt.export.graph.ExportGraph` to ONNX: named I/O, dynamic batch, metadata, checked.
 
-Exporter choice. ``torch.onnx.export`` has two paths:
-
-- ``legacy`` (TorchScript tracing, ``dynamo=False``): emits the requested opset (17 by default) natively, in one
-  file, in well under a second for the tiny model and 5-8 s for ViT-B/16. It warns that it is deprecated.
-- ``dynamo`` (``torch.export``, the default since PyTorch 2.9): implemented from opset 18 (lower requests go through
-  a version converter), writes weights to a separate ``.onnx.data`` file and takes 2-5x longer.
-
-``auto`` (the default) picks by graph, and falls back to the other exporter if the first one fails (or is gone from
-a future PyTorch):
-
-- FP32 folded graphs (zeroshot, coop, dspt) -> ``legacy``: opset 17 exactly, one file, fast;
-- dynamic-text graphs (VisPrompt) -> ``dynamo``: the per-image prompt assembly reshapes with sizes read from
-  tensors, and TorchScript tracing bakes the traced batch into some of them (onnxruntime then fails at any other
-  batch); ``torch.export`` keeps them symbolic;
-- FP16 graphs -> ``dynamo``: onnxruntime 1.32's CPU session (NCHWc layout pass) segfaults on the TorchScript
-  export of an FP16 ViT (its shape-computing subgraphs around FP16 nodes); the dynamo graph loads fine.
-
-``dynamo`` is asked for opset >= 18, the lowest it implements (its converter down to 17 fails on these graphs).
-The parity gate runs onnxruntime with the runtime's session settings in a child process, so an exporter/runtime
-combination that crashes fails the gate instead of shipping.
-
-Opset 17 is the floor: the first with ``LayerNormalization``, which TensorRT maps to its normalisation layer
-(FP16-safe). Whatever the exporter wrote, the model is re-saved here as one self-contained ``model.onnx`` (or, above
-protobuf's 2 GiB limit or on request, with weights in ``model.onnx.data`` referenced by a *relative* path), so a
-bundle loads wherever it is copied.
+Exporter choice (``auto``, the default; why: docs/export.md): the TorchScript ``legacy`` exporter for FP32 folded
+graphs (opset 17 exactly, one file, fast), ``dynamo`` (``torch.export``, opset >= 18) for VisPrompt's dynamic-text
+graphs and for FP16 graphs, each falling back to the other if it fails. Opset 17 is the floor (LayerNormalization).
+The model is re-saved as one self-contained ``model.onnx`` (or, above protobuf's 2 GiB, with ``model.onnx.data``
+referenced by a relative path), so a bundle loads wherever it is copied.
 """
 
 from __future__ import annotations

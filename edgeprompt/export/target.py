@@ -16,35 +16,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeprompt.errors import ArtifactError, ExportError, MissingDependencyError
+from edgeprompt.config import TrtProfile
+from edgeprompt.errors import ArtifactError, ExportError
 from edgeprompt.export.tensorrt import (
     TIMING_CACHE_FILE,
-    TRT_MISSING,
     TRTEXEC_SCRIPT,
     build_engine,
     inspect_engine,
-    trt_status,
+    require_trt_build,
     write_trtexec_script,
 )
 from edgeprompt.fileio import sha256_file
-from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, IOSpec, Manifest
+from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, IOSpec, Manifest, read_bundle_manifest
 from edgeprompt.progress import NullReporter, Reporter
 
 log = logging.getLogger(__name__)
-
-
-def require_trt_build() -> None:
-    """Raise, in one line, when no TensorRT engine can be built on this machine (nothing is touched).
-
-    Raises:
-        MissingDependencyError: TensorRT is not installed.
-        ExportError: TensorRT is there but no CUDA GPU is visible.
-    """
-    reason = trt_status()
-    if reason == TRT_MISSING:
-        raise MissingDependencyError(TRT_MISSING)
-    if reason is not None:
-        raise ExportError(reason)
 
 
 def onnx_is_fp16(manifest: Manifest) -> bool:
@@ -53,8 +39,7 @@ def onnx_is_fp16(manifest: Manifest) -> bool:
 
 
 def build_engine_into(bundle_dir: str | os.PathLike[str], io: IOSpec, *, fp16: bool, onnx_fp16: bool,
-                      min_batch: int = 1, opt_batch: int = 1, max_batch: int = 32,
-                      workspace_mib: int = 2048) -> dict[str, Any]:
+                      profile: TrtProfile = TrtProfile()) -> dict[str, Any]:
     """Build ``model.engine`` beside ``model.onnx`` and check its precision; returns what the manifest records.
 
     Args:
@@ -62,10 +47,7 @@ def build_engine_into(bundle_dir: str | os.PathLike[str], io: IOSpec, *, fp16: b
         io: The graph's IOSpec (profile shapes).
         fp16: FP16 was asked for.
         onnx_fp16: The ONNX already carries FP16 (then the build follows the graph's types).
-        min_batch: Profile minimum batch.
-        opt_batch: Profile optimum batch.
-        max_batch: Profile maximum batch.
-        workspace_mib: Builder workspace in MiB.
+        profile: Batch range and builder workspace.
 
     Returns:
         ``{'file', 'sha256', 'trt_version', 'precision', 'output_formats', 'profile', 'build_s', ...}``.
@@ -77,8 +59,7 @@ def build_engine_into(bundle_dir: str | os.PathLike[str], io: IOSpec, *, fp16: b
     final, partial = bundle_dir / ENGINE_FILE, bundle_dir / f".{ENGINE_FILE}.partial"
     t0 = time.perf_counter()
     try:
-        build_engine(bundle_dir / ONNX_FILE, partial, io, fp16=fp16 or onnx_fp16, min_batch=min_batch,
-                     opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib,
+        build_engine(bundle_dir / ONNX_FILE, partial, io, fp16=fp16 or onnx_fp16, profile=profile,
                      timing_cache_path=bundle_dir / TIMING_CACHE_FILE)
         built = inspect_engine(partial)
         if (fp16 or onnx_fp16) and built["precision"] == "fp32":
@@ -91,24 +72,19 @@ def build_engine_into(bundle_dir: str | os.PathLike[str], io: IOSpec, *, fp16: b
         "file": ENGINE_FILE, "sha256": sha256_file(final), "trt_version": built["trt_version"],
         "precision": built["precision"], "output_formats": built["output_formats"], "layers": built["layers"],
         "requested": "fp16" if fp16 or onnx_fp16 else "fp32", "onnx_fp16": onnx_fp16,
-        "profile": {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch},
-        "workspace_mib": workspace_mib, "build_s": round(time.perf_counter() - t0, 1),
+        "profile": dataclasses.asdict(profile), "build_s": round(time.perf_counter() - t0, 1),
         "size_mb": round(final.stat().st_size / 1e6, 2),
     }
 
 
-def build_trt(bundle_dir: str | os.PathLike[str], *, fp16: bool = False, min_batch: int = 1, opt_batch: int = 1,
-              max_batch: int = 32, workspace_mib: int = 2048, verify: bool = True,
-              reporter: Reporter | None = None) -> dict[str, Any]:
+def build_trt(bundle_dir: str | os.PathLike[str], *, fp16: bool = False, profile: TrtProfile = TrtProfile(),
+              verify: bool = True, reporter: Reporter | None = None) -> dict[str, Any]:
     """Build (or rebuild) the TensorRT engine of an exported bundle on this device.
 
     Args:
         bundle_dir: A bundle from ``edgeprompt export RUN --out BUNDLE``.
         fp16: Ask for FP16. An FP16 bundle (exported with ``--fp16``) is always built as the graph's types say.
-        min_batch: Profile minimum batch.
-        opt_batch: Profile optimum batch (the batch you will run).
-        max_batch: Profile maximum batch.
-        workspace_mib: Builder workspace in MiB.
+        profile: Batch range (min / opt / max) and builder workspace.
         verify: Check ``model.onnx`` (and its external data) against the manifest's sha256 first.
         reporter: Progress reporting (default: log only).
 
@@ -120,15 +96,14 @@ def build_trt(bundle_dir: str | os.PathLike[str], *, fp16: bool = False, min_bat
         ExportError: No GPU, or the build failed.
         ArtifactError: Not a bundle, or its ONNX is missing or does not match the manifest.
     """
+    profile.validate()
     require_trt_build()
-    from edgeprompt.runtime import read_bundle_manifest
-
     rep = reporter or NullReporter()
     bundle_dir = Path(bundle_dir)
     manifest = read_bundle_manifest(bundle_dir)
     assert manifest.io is not None  # read_bundle_manifest checks it
     if not (bundle_dir / ONNX_FILE).is_file():
-        raise ArtifactError(f"{bundle_dir} has no {ONNX_FILE}: re-export it with `edgeprompt export RUN --onnx`")
+        raise ArtifactError(f"{bundle_dir} has no {ONNX_FILE}: re-export it with `edgeprompt export RUN`")
     if verify:
         for name, digest in manifest.files.items():
             if name != ENGINE_FILE and (bundle_dir / name).is_file() and sha256_file(bundle_dir / name) != digest:
@@ -139,11 +114,9 @@ def build_trt(bundle_dir: str | os.PathLike[str], *, fp16: bool = False, min_bat
                 f"(a Jetson may show no output for several)")
     tick = rep.task("building TensorRT engine")
     tick(0, 1)
-    engine = build_engine_into(bundle_dir, manifest.io, fp16=fp16, onnx_fp16=onnx_fp16, min_batch=min_batch,
-                               opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib)
+    engine = build_engine_into(bundle_dir, manifest.io, fp16=fp16, onnx_fp16=onnx_fp16, profile=profile)
     tick(1, 1)
-    script = write_trtexec_script(bundle_dir, manifest.io, fp16=fp16 or onnx_fp16, min_batch=min_batch,
-                                  opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib,
+    script = write_trtexec_script(bundle_dir, manifest.io, fp16=fp16 or onnx_fp16, profile=profile,
                                   onnx_fp16=onnx_fp16)
     files = {**manifest.files, ENGINE_FILE: engine.pop("sha256"), TRTEXEC_SCRIPT: sha256_file(script)}
     dataclasses.replace(manifest, files=files, extra={**manifest.extra, "engine": engine}).write(bundle_dir)

@@ -25,8 +25,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from edgeprompt._gpu import cuda_gpu_status
-from edgeprompt._optional import available
+from edgeprompt._gpu import TRT_MISSING, cuda_gpu_status, tensorrt_status
+from edgeprompt.config import TrtProfile
 from edgeprompt.errors import ConfigError, ExportError, MissingDependencyError
 from edgeprompt.fileio import atomic_write_bytes, atomic_write_text
 from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, IOSpec
@@ -36,16 +36,15 @@ log = logging.getLogger(__name__)
 TRTEXEC_SCRIPT = "trtexec.sh"
 TIMING_CACHE_FILE = "timing.cache"
 
-TRT_MISSING = ("TensorRT is not installed: on a Jetson use JetPack's python3-libnvinfer; on a server pip install "
-               "tensorrt (NVIDIA index) — the bundle's trtexec.sh has the equivalent command")
 
 Shape = tuple[int, ...]
 
 
 def trt_status() -> str | None:
     """Why an engine cannot be built here, or None when it can (TensorRT importable and a CUDA GPU visible)."""
-    if not available("tensorrt"):
-        return TRT_MISSING
+    missing = tensorrt_status()
+    if missing:
+        return missing
     gpu = cuda_gpu_status()
     if gpu is not None:
         return f"{gpu}: TensorRT builds engines on the GPU that will run them; run this on the target device"
@@ -60,21 +59,12 @@ def trt_major(version: str | int) -> int:
         raise ConfigError(f"cannot read a TensorRT major version from {version!r}") from None
 
 
-def _check_batches(min_batch: int, opt_batch: int, max_batch: int) -> None:
-    if not 1 <= min_batch <= opt_batch <= max_batch:
-        raise ConfigError(f"batch sizes must satisfy 1 <= min <= opt <= max, got min={min_batch} opt={opt_batch} "
-                          f"max={max_batch}")
-
-
-def profile_shapes(io: IOSpec, min_batch: int = 1, opt_batch: int = 1, max_batch: int = 32
-                   ) -> dict[str, tuple[Shape, Shape, Shape]]:
+def profile_shapes(io: IOSpec, profile: TrtProfile = TrtProfile()) -> dict[str, tuple[Shape, Shape, Shape]]:
     """The optimisation profile: (min, opt, max) shape of every input, varying only the 'batch' axis.
 
     Args:
         io: The bundle's IOSpec.
-        min_batch: Smallest batch the engine accepts.
-        opt_batch: Batch TensorRT tunes kernels for (use the batch you will run).
-        max_batch: Largest batch; device buffers are sized for it.
+        profile: The batch range (min / opt / max).
 
     Returns:
         Input name -> (min_shape, opt_shape, max_shape).
@@ -82,13 +72,14 @@ def profile_shapes(io: IOSpec, min_batch: int = 1, opt_batch: int = 1, max_batch
     Raises:
         ConfigError: Bad batch ordering, or an input with a dynamic axis other than 'batch'.
     """
-    _check_batches(min_batch, opt_batch, max_batch)
+    profile.validate()
+    batches = (profile.min_batch, profile.opt_batch, profile.max_batch)
     out: dict[str, tuple[Shape, Shape, Shape]] = {}
     for t in io.inputs:
         if any(isinstance(d, str) and d != "batch" for d in t.shape):
             raise ConfigError(f"input {t.name} has dynamic axes {t.shape}: only 'batch' can be dynamic for TensorRT")
         out[t.name] = tuple(  # type: ignore[assignment]
-            tuple(b if d == "batch" else int(d) for d in t.shape) for b in (min_batch, opt_batch, max_batch))
+            tuple(b if d == "batch" else int(d) for d in t.shape) for b in batches)
     return out
 
 
@@ -136,34 +127,30 @@ def precision_plan(fp16: bool, trt_version: str | int, onnx_fp16: bool = False) 
     }
 
 
-def trtexec_command(onnx: str | os.PathLike[str], engine: str | os.PathLike[str], io: IOSpec, min_batch: int = 1,
-                    opt_batch: int = 1, max_batch: int = 32, fp16: bool = False, trt_major: int = 10,
-                    workspace_mib: int = 2048, timing_cache: str | os.PathLike[str] | None = None,
-                    onnx_fp16: bool = False) -> list[str]:
+def trtexec_command(onnx: str | os.PathLike[str], engine: str | os.PathLike[str], io: IOSpec,
+                    profile: TrtProfile = TrtProfile(), fp16: bool = False, trt_major: int = 10,
+                    timing_cache: str | os.PathLike[str] | None = None, onnx_fp16: bool = False) -> list[str]:
     """The ``trtexec`` command equivalent to :func:`build_engine`, as an argv list.
 
     Args:
         onnx: Path of the ONNX graph.
         engine: Path of the engine to write.
         io: The bundle's IOSpec (input names and shapes).
-        min_batch: Profile minimum batch.
-        opt_batch: Profile optimum batch.
-        max_batch: Profile maximum batch.
+        profile: Batch range and builder workspace (MiB).
         fp16: Request FP16 (``--fp16`` on TensorRT <= 10; on 11 the ONNX must already be FP16).
         trt_major: TensorRT major version the command is for.
-        workspace_mib: Builder workspace limit in MiB.
         timing_cache: Timing cache file to read and update (None: none).
         onnx_fp16: The ONNX graph already carries FP16 (see :func:`precision_plan`).
 
     Returns:
         argv, starting with 'trtexec'.
     """
-    shapes = profile_shapes(io, min_batch, opt_batch, max_batch)
+    shapes = profile_shapes(io, profile)
     cmd = [
         "trtexec", f"--onnx={onnx}", f"--saveEngine={engine}",
         f"--minShapes={_shape_arg(shapes, 0)}", f"--optShapes={_shape_arg(shapes, 1)}",
         f"--maxShapes={_shape_arg(shapes, 2)}",
-        f"--memPoolSize=workspace:{int(workspace_mib)}",  # MiB
+        f"--memPoolSize=workspace:{int(profile.workspace_mib)}",  # MiB
         *precision_plan(fp16, trt_major, onnx_fp16)["trtexec_flags"],
         "--profilingVerbosity=detailed", "--skipInference",
     ]
@@ -172,9 +159,8 @@ def trtexec_command(onnx: str | os.PathLike[str], engine: str | os.PathLike[str]
     return cmd
 
 
-def write_trtexec_script(bundle_dir: str | os.PathLike[str], io: IOSpec, *, fp16: bool = False, min_batch: int = 1,
-                         opt_batch: int = 1, max_batch: int = 32, workspace_mib: int = 2048,
-                         onnx_fp16: bool = False) -> Path:
+def write_trtexec_script(bundle_dir: str | os.PathLike[str], io: IOSpec, *, fp16: bool = False,
+                         profile: TrtProfile = TrtProfile(), onnx_fp16: bool = False) -> Path:
     """Write ``trtexec.sh`` into a bundle: builds ``model.engine`` from ``model.onnx`` on the target.
 
     The script finds trtexec on PATH, in ``$TRTEXEC`` or at JetPack's ``/usr/src/tensorrt/bin/trtexec``, reads the
@@ -184,19 +170,15 @@ def write_trtexec_script(bundle_dir: str | os.PathLike[str], io: IOSpec, *, fp16
         bundle_dir: The bundle directory.
         io: The bundle's IOSpec.
         fp16: Request FP16 (see :func:`precision_plan`).
-        min_batch: Profile minimum batch.
-        opt_batch: Profile optimum batch.
-        max_batch: Profile maximum batch.
-        workspace_mib: Builder workspace limit in MiB.
+        profile: Batch range and builder workspace.
         onnx_fp16: The ONNX graph already carries FP16 (see :func:`precision_plan`).
 
     Returns:
         Path of the written script (executable).
     """
-    args = {"io": io, "min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch, "fp16": fp16,
-            "workspace_mib": workspace_mib, "timing_cache": TIMING_CACHE_FILE, "onnx_fp16": onnx_fp16}
-    cmd10 = shlex.join(trtexec_command(ONNX_FILE, ENGINE_FILE, trt_major=10, **args)[1:])
-    cmd11 = shlex.join(trtexec_command(ONNX_FILE, ENGINE_FILE, trt_major=11, **args)[1:])
+    cmd10, cmd11 = (shlex.join(trtexec_command(ONNX_FILE, ENGINE_FILE, io, profile, fp16=fp16, trt_major=major,
+                                               timing_cache=TIMING_CACHE_FILE, onnx_fp16=onnx_fp16)[1:])
+                    for major in (10, 11))
     fp16_11 = ("echo 'note: TensorRT 11 has no --fp16; this builds the types in model.onnx (export with --fp16 for an "
                "FP16 engine)' >&2\n    " if fp16 and not onnx_fp16 else "")
     text = f"""#!/usr/bin/env bash
@@ -219,13 +201,23 @@ fi
     return path
 
 
-def _require_tensorrt() -> ModuleType:
-    """Import TensorRT after checking that a build can happen here; one-line errors, nothing written."""
+def require_trt_build() -> None:
+    """Raise, in one line, when no TensorRT engine can be built on this machine (nothing is touched).
+
+    Raises:
+        MissingDependencyError: TensorRT is not installed.
+        ExportError: TensorRT is there but no CUDA GPU is visible.
+    """
     reason = trt_status()
     if reason == TRT_MISSING:
         raise MissingDependencyError(TRT_MISSING)
     if reason is not None:
         raise ExportError(reason)
+
+
+def _require_tensorrt() -> ModuleType:
+    """Import TensorRT after checking that a build can happen here; one-line errors, nothing written."""
+    require_trt_build()
     import tensorrt as trt
 
     return trt
@@ -252,8 +244,8 @@ def _count_half_tensors(trt: ModuleType, network: Any) -> int:
 
 
 def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str], io: IOSpec, *,
-                 fp16: bool = False, min_batch: int = 1, opt_batch: int = 1, max_batch: int = 32,
-                 workspace_mib: int = 2048, timing_cache_path: str | os.PathLike[str] | None = None) -> Path:
+                 fp16: bool = False, profile: TrtProfile = TrtProfile(),
+                 timing_cache_path: str | os.PathLike[str] | None = None) -> Path:
     """Build a TensorRT engine with the Python API and write it atomically.
 
     Args:
@@ -261,10 +253,7 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
         engine_path: Where to write the raw serialized plan.
         io: The bundle's IOSpec (input names and shapes for the profile).
         fp16: Request FP16; see :func:`precision_plan` for what that means per TensorRT version.
-        min_batch: Profile minimum batch.
-        opt_batch: Profile optimum batch.
-        max_batch: Profile maximum batch.
-        workspace_mib: Builder workspace limit in MiB.
+        profile: Batch range (min / opt / max) and builder workspace limit in MiB.
         timing_cache_path: Timing cache to load if present and save after the build (speeds up rebuilds).
 
     Returns:
@@ -276,7 +265,7 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
             build failed. No file is written in any of these cases.
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    shapes = profile_shapes(io, min_batch, opt_batch, max_batch)  # validates before any heavy work
+    shapes = profile_shapes(io, profile)  # validates before any heavy work
     trt = _require_tensorrt()
     if not onnx_path.is_file():
         raise ExportError(f"{onnx_path} not found: export the ONNX graph first (`edgeprompt export RUN --onnx`)")
@@ -295,20 +284,21 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
                           f"re-export the ONNX with --fp16, or build without --fp16")
 
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(profile.workspace_mib) << 20)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # lets the inspector report per-layer precision
     for flag in plan["builder_flags"]:
         config.set_flag(getattr(trt.BuilderFlag, flag))
-    profile = builder.create_optimization_profile()
+    opt_profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in shapes.items():
-        profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(profile)
+        opt_profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(opt_profile)
     cache_path = Path(timing_cache_path) if timing_cache_path else None
     cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
     config.set_timing_cache(config.create_timing_cache(cache_bytes), False)  # False: reject a mismatched cache
 
     log.info("building TensorRT %s engine from %s (%s, %s, batch %d/%d/%d); this can take minutes",
-             trt.__version__, onnx_path.name, plan["requested"], plan["network"], min_batch, opt_batch, max_batch)
+             trt.__version__, onnx_path.name, plan["requested"], plan["network"], profile.min_batch,
+             profile.opt_batch, profile.max_batch)
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

@@ -6,8 +6,9 @@ transform is checked separately, by ``tests/test_preprocess.py``.
 
 - torch reference: the *unfolded* method on the frozen backbone, ``method(FeatureBatch(encode_image(norm(x))))``,
   so the gate also checks the folding and the in-graph normalisation;
-- onnxruntime: the ONNX file on the CPU provider, in a separate torch-free process (see
-  :mod:`edgeprompt.export.ortcheck`), in chunks (dynamic batch) and once at batch 1.
+- onnxruntime: the ONNX file on the runtime's CPU backend, in a separate torch-free process (see
+  :mod:`edgeprompt.runtime.selfcheck`, reached by a subprocess, not an import), in chunks (dynamic batch) and once
+  at batch 1.
 
 Rules (``PARITY_RULES``): FP32 needs 100 % top-1 agreement and a max abs logit difference <= 1e-3 x logit scale;
 FP16 needs >= 99.5 % top-1 agreement, where a flip between classes the FP32 reference itself scores within
@@ -30,10 +31,10 @@ import numpy as np
 import torch
 
 from edgeprompt.artifact import SPLIT_FILE
-from edgeprompt.backbone import FrozenCLIP
+from edgeprompt.backbone import FrozenCLIP, tower_features
 from edgeprompt.errors import ExportError
-from edgeprompt.manifest import OUTPUT_LOGITS, OUTPUT_PROBS, PreprocessSpec
-from edgeprompt.methods.base import FeatureBatch, PromptMethod
+from edgeprompt.manifest import OUTPUT_LOGITS, OUTPUT_PROBS, IOSpec, PreprocessSpec
+from edgeprompt.methods.base import PromptMethod, batched_logits
 
 log = logging.getLogger(__name__)
 
@@ -76,30 +77,29 @@ def load_check_pixels(paths: list[Path], spec: PreprocessSpec, n: int, seed: int
 def torch_logits(backbone: FrozenCLIP, method: PromptMethod, pixels: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """The method's own logits in torch (FP32, unfolded) for (N, 3, S, S) pixels in [0, 1]."""
     device = backbone.model.logit_scale.device
-    out = []
+    pooled, tokens = [], []
     for i in range(0, len(pixels), batch_size):
         x = backbone.normalize_pixels(torch.from_numpy(pixels[i:i + batch_size]).to(device))
-        if method.needs_tokens:
-            pooled, tokens = backbone.encode_image(x, with_tokens=True)
-        else:
-            pooled, tokens = backbone.encode_image(x), None
-        out.append(method(FeatureBatch(pooled=pooled, tokens=tokens)).float().cpu().numpy())
-    return np.concatenate(out)
+        p, t = tower_features(backbone.model.visual, x, method.needs_tokens)
+        pooled.append(p)
+        tokens.append(t)
+    tok = torch.cat(tokens) if method.needs_tokens else None  # type: ignore[arg-type]
+    return batched_logits(method, torch.cat(pooled), tok, batch_size).numpy()
 
 
-def ort_outputs(onnx_path: str | os.PathLike[str], pixels: np.ndarray, *, no_nchwc: bool = False,
-                threads: int | None = None, chunk: int = 8) -> dict[str, np.ndarray]:
-    """Run the ONNX file with onnxruntime's CPU provider in a torch-free child process (see module docstring).
+def ort_outputs(onnx_path: str | os.PathLike[str], io: IOSpec, pixels: np.ndarray, *, threads: int | None = None,
+                chunk: int = 8) -> dict[str, np.ndarray]:
+    """Run the ONNX file on the runtime's CPU backend in a torch-free child process (see module docstring).
 
     Raises:
         ExportError: onnxruntime failed or crashed on the graph.
     """
-    with tempfile.TemporaryDirectory(prefix="edgeprompt-ortcheck-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgeprompt-selfcheck-") as tmp:
         np.save(Path(tmp) / "pixels.npy", pixels)
-        cmd = [sys.executable, "-m", "edgeprompt.export.ortcheck", str(onnx_path), str(Path(tmp) / "pixels.npy"),
-               str(Path(tmp) / "out.npz"), "--chunk", str(chunk)]
+        (Path(tmp) / "io.json").write_text(json.dumps(io.to_dict()))
+        cmd = [sys.executable, "-m", "edgeprompt.runtime.selfcheck", str(onnx_path), str(Path(tmp) / "io.json"),
+               str(Path(tmp) / "pixels.npy"), str(Path(tmp) / "out.npz"), "--chunk", str(chunk)]
         cmd += ["--threads", str(threads)] if threads else []
-        cmd += ["--no-nchwc"] if no_nchwc else []
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_ORT_TIMEOUT_S)
         except subprocess.TimeoutExpired as e:
@@ -152,15 +152,16 @@ def compare(reference: np.ndarray, outputs: dict[str, np.ndarray], *, precision:
     return numbers
 
 
-def parity_gate(backbone: FrozenCLIP, method: PromptMethod, onnx_path: str | os.PathLike[str], pixels: np.ndarray,
-                *, precision: str, logit_scale: float, source: str = "", threads: int | None = None,
-                chunk: int = 8) -> dict[str, Any]:
+def parity_gate(backbone: FrozenCLIP, method: PromptMethod, onnx_path: str | os.PathLike[str], io: IOSpec,
+                pixels: np.ndarray, *, precision: str, logit_scale: float, source: str = "",
+                threads: int | None = None, chunk: int = 8) -> dict[str, Any]:
     """Compare torch and onnxruntime on ``pixels``; raise when the rules for ``precision`` are not met.
 
     Args:
         backbone: The frozen CLIP.
         method: The tuned method (the torch reference is its unfolded forward).
         onnx_path: The exported graph.
+        io: Its inputs and outputs.
         pixels: (N, 3, S, S) float32 in [0, 1].
         precision: 'fp32' or 'fp16' (which rule applies; the reference is always FP32 torch).
         logit_scale: The scale applied to the cosines (tolerances are relative to it).
@@ -177,7 +178,7 @@ def parity_gate(backbone: FrozenCLIP, method: PromptMethod, onnx_path: str | os.
     if precision not in PARITY_RULES:
         raise ExportError(f"no parity rule for precision {precision!r}")
     reference = torch_logits(backbone, method, pixels)
-    outputs = ort_outputs(onnx_path, pixels, threads=threads, chunk=chunk)
+    outputs = ort_outputs(onnx_path, io, pixels, threads=threads, chunk=chunk)
     numbers = compare(reference, outputs, precision=precision, logit_scale=logit_scale)
     numbers["source"] = source
     log.info("parity %s on %d images: top-1 agreement %.4f, max |Δlogit| %.3g", precision, numbers["n"],

@@ -103,6 +103,32 @@ class PromptMethod(nn.Module):
         return dataclasses.asdict(self.cfg) if dataclasses.is_dataclass(self.cfg) else {}
 
 
+@torch.no_grad()
+def batched_logits(method: PromptMethod, pooled: torch.Tensor, tokens: torch.Tensor | None = None,
+                   batch_size: int = 256) -> torch.Tensor:
+    """Logits (N, C) on the CPU for centre-view features (N, E) [+ tokens (N, T, E)], in eval mode, batched.
+
+    The one evaluation loop: the trainer, VisPrompt's OT scoring, ``eval`` and the export parity gate all use it.
+    """
+    was_training = method.training
+    method.eval()
+    device = next(iter(method.buffers()), pooled).device
+    out = []
+    try:
+        for i in range(0, len(pooled), batch_size):
+            tok = tokens[i : i + batch_size].to(device).float() if tokens is not None else None
+            out.append(method(FeatureBatch(pooled[i : i + batch_size].to(device).float(), tok)).float().cpu())
+    finally:
+        method.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, method.num_classes)
+
+
+def method_catalog() -> dict[str, dict[str, Any]]:
+    """Method name -> its one-line help and its options with their defaults (what ``edgeprompt models`` lists)."""
+    return {name: {"help": doc, "options": {f.name: f.default for f in dataclasses.fields(METHODS.get(name).Config)}}
+            for name, doc in list_methods().items()}
+
+
 def method_config_class(name: str) -> type:
     """The frozen Config dataclass of method ``name``."""
     return METHODS.get(name).Config

@@ -18,7 +18,7 @@ class CoOpConfig:
     """CoOp's prompt and loss settings (defaults: the CoOp / NLPrompt protocol)."""
 
     n_ctx: int = 16  # context vectors M
-    ctx_init: str = ""  # e.g. "a photo of a" (sets M to its token count); empty = random N(0, 0.02)
+    ctx_init: str = "a photo of a"  # the last vectors start as these words (the zero-shot template); "" = random
     position: str = "end"  # class token position: end | middle | front
     class_specific: bool = False  # one context per class (CSC)
     loss: str = "ce"  # ce | gce | mae (| dspt for the dspt method)

@@ -24,8 +24,9 @@ class PromptLearner(nn.Module):
     Args:
         backbone: the frozen CLIP (token embedding, tokenizer, text encoder).
         classnames: display names, one per class.
-        n_ctx: number of context vectors M (ignored when ``ctx_init`` is given: M = its token count).
-        ctx_init: optional words to initialise the context from ("a photo of a"); else N(0, 0.02).
+        n_ctx: number of context vectors M.
+        ctx_init: words the last context vectors start as ("a photo of a": the last 4 of M); the others, or all
+            when empty, start as CoOp's N(0, 0.02) draw. Why: docs/defaults.md.
         position: where the class name goes: 'end' | 'middle' | 'front'.
         class_specific: one context per class (CSC) instead of one shared context.
         share_prefix: use prefix sharing when the layout allows it (exact; off only for benchmarks and tests).
@@ -47,19 +48,19 @@ class PromptLearner(nn.Module):
         self.text = backbone.text
         width = backbone.text.width
         n_cls = len(classnames)
+        if n_ctx < 1:
+            raise ConfigError(f"n_ctx must be >= 1, got {n_ctx}")
+        gen = torch.Generator().manual_seed(0)  # a fixed draw: a run's context is reproducible from its config
+        shape = (n_cls, n_ctx, width) if class_specific else (n_ctx, width)
+        ctx = torch.empty(shape).normal_(0.0, 0.02, generator=gen)  # CoOp's N(0, 0.02) init
         if ctx_init.strip():
             init_tok = backbone.tokenize([ctx_init.strip()])
-            n_ctx = int(backbone.eot_positions(init_tok)[0]) - 1
-            init = backbone.embed_tokens(init_tok)[0, 1 : 1 + n_ctx].clone()
-            ctx = init.unsqueeze(0).repeat(n_cls, 1, 1) if class_specific else init
-            placeholder = ctx_init.strip()
-        else:
-            if n_ctx < 1:
-                raise ConfigError(f"n_ctx must be >= 1, got {n_ctx}")
-            shape = (n_cls, n_ctx, width) if class_specific else (n_ctx, width)
-            gen = torch.Generator().manual_seed(0)  # the trainer reseeds before building; this keeps tests stable
-            ctx = torch.empty(shape).normal_(0.0, 0.02, generator=gen)
-            placeholder = " ".join(["X"] * n_ctx)
+            n_words = int(backbone.eot_positions(init_tok)[0]) - 1
+            if n_words > n_ctx:
+                raise ConfigError(f"--ctx-init {ctx_init!r} is {n_words} tokens, more than --n-ctx {n_ctx}")
+            words = backbone.embed_tokens(init_tok)[0, 1 : 1 + n_words].float().cpu()
+            ctx[..., n_ctx - n_words :, :] = words  # the template's words sit right before the class name
+        placeholder = " ".join(["X"] * n_ctx)
         self.ctx = nn.Parameter(ctx.float())
         self.n_ctx, self.position, self.class_specific = n_ctx, position, class_specific
         names = [n.replace("_", " ") for n in classnames]

@@ -20,7 +20,8 @@ from torch import nn
 
 from edgeprompt.backbone import FrozenCLIP, cosine_logits
 from edgeprompt.errors import ConfigError
-from edgeprompt.methods.base import METHODS, FeatureBatch, PromptMethod
+from edgeprompt.losses import ce, gce
+from edgeprompt.methods.base import METHODS, FeatureBatch, PromptMethod, batched_logits
 from edgeprompt.methods.ot import ot_split, split_quality
 from edgeprompt.methods.prompt_learner import PromptLearner
 
@@ -41,9 +42,10 @@ def resolve_heads(width: int, heads: int, min_head_dim: int = 8) -> int:
 
 @dataclass(frozen=True)
 class VisPromptConfig:
-    """VisPrompt's prompt, block and loss settings (see the VisPrompt class docstring for the choices)."""
+    """VisPrompt's prompt, block and loss settings (the choices: docs/visprompt.md)."""
 
-    n_ctx: int = 16  # context tokens M, N(0, 0.02) init
+    n_ctx: int = 16  # context tokens M
+    ctx_init: str = "a photo of a"  # the last tokens start as these words (as CoOp); "" = N(0, 0.02) (released code)
     heads: int = 8  # cross-attention heads (reduced to a divisor of the text width with head dim >= 8)
     kv: str = "tokens"  # keys/values: tokens (pooled + patch tokens, the paper's figure) | pooled (released code)
     residual: str = "blend"  # blend: C + g*(C~ - C) (figure) | add: C + g*C~ (released code)
@@ -150,48 +152,24 @@ class CrossModalBlock(nn.Module):
 
 @METHODS.register("visprompt", help="VisPrompt: image-conditioned context (cross-attn + FiLM + gate); OT-split CE/GCE")
 class VisPrompt(PromptMethod):
-    """VisPrompt: per-image context tokens from a cross-modal block, trained on an OT clean/noisy split.
+    """VisPrompt: per-image context tokens from a cross-modal block, trained on an OT split.
 
-    Architecture (text width D, M context tokens, image embedding width E)::
+    Shapes (text width D, M context tokens, image embedding width E, T image tokens)::
 
         z  = image_project(normalize(image tokens))         (B, T, D)   Linear E -> D
-        A  = MHA(q = LN_ctx(C), k = v = LN_img(z))          (B, M, D)   C: (M, D) learned, N(0, 0.02)
+        A  = MHA(q = LN_ctx(C), k = v = LN_img(z))          (B, M, D)   C: (M, D) learned, starts as the template
         C~ = (1 + gamma(A)) * C + beta(A)                   FiLM, token-wise
         g  = sigmoid(gate(A))                               (B, M, 1)
         C' = C + g * (C~ - C)          [residual='blend']   or  C + g * C~   [residual='add']
         Ĉ  = C' + FFN(LN_ffn(C'))                           pre-LN, hidden max(4D, 256), GELU, dropout
         logits_bk = logit_scale * cos(f_b, text([SOS] Ĉ_b name_k . [EOT]))
 
-    Choices where the paper's figure and the released code disagree (research/visprompt.md §1.3, §6.1):
-
-    (a) **Keys/values: image tokens by default** (``kv='tokens'``): the L2-normalised pooled embedding followed by
-        the patch tokens (the frozen ViT's final tokens, already projected into the joint space), T = 1 + patches.
-        This is what the figure draws and what lets each context token pick its own visual evidence. The released
-        code feeds only the pooled embedding (``kv='pooled'``, T = 1, cheaper, any backbone): there the softmax over
-        a single key is identically 1, the attention output is ``W_o(W_v z + b_v) + b_o`` for every query, and
-        **W_q, W_k and their biases receive exactly zero gradient** (they stay at their init; export may drop them).
-    (b) **Residual: the figure's convex blend** ``C + g ⊙ (C~ − C)`` by default: g interpolates between the plain
-        context and its modulated version, so whatever g the gate starts with, a zero modulation leaves the
-        prompt unchanged. The code's additive ``C + g ⊙ C~`` (``residual='add'``) adds the whole modulated context
-        on top of C, so at init it is ``(1 + g) C ≈ 1.5 C``.
-    (c) **Initialisation, and FiLM on C rather than LN(C)** (our decision; brief §1.4): with PyTorch default inits
-        the modulated context is ~28x the raw context at step 0, nowhere near CoOp or zero-shot CLIP, and the
-        figure's FiLM input LN(C) is itself at LayerNorm scale (std ~1, ~50x a CLIP word embedding), so any
-        blend with it moves the prompt off the word-embedding manifold. We therefore (1) apply FiLM to the raw
-        context C (the queries still use LN_ctx(C)) and (2) zero-init the FiLM (gamma, beta) and FFN output
-        layers (adaLN-Zero style). The block is then the identity at step 0: VisPrompt starts *exactly* as CoOp
-        with the same random context. C and the zero layers get gradients from the first step; everything behind
-        them (attention, gate, image projection, FFN hidden layer) from the second. ``zero_init=False`` restores
-        PyTorch defaults (then the modulated context starts ~10x the raw one).
-    (d) **OT on centre views** (deviation): each epoch's split scores the centre-crop view of every training image
-        (``TrainSet.eval_pooled`` / ``eval_tokens``), not a random augmented view as the released code does, so the
-        split reflects the model rather than the crop it happened to draw. The OT is one global Sinkhorn over all
-        N samples (NLPrompt's granularity; the released mini-batch OT is ill-posed when B < K), log-domain, fp64.
-
-    Loss: CE on OT-clean samples, GCE(q) on OT-noisy ones, both on the *given* label, mixed in one batch and
-    averaged per sample (the released code runs a CE pass over the clean subset then a GCE pass over the noisy
-    one; per-sample weights are the same). There is no OT at inference. Not foldable: the text features depend on
-    the image, so :meth:`text_features` raises; export traces :meth:`forward` after the image encoder.
+    Decisions (why: docs/visprompt.md): keys/values are the pooled embedding plus the patch tokens (the paper's
+    figure; ``kv='pooled'`` is the released code); the figure's blend residual; FiLM on the raw context with the
+    FiLM and FFN output layers zero-initialised, so step 0 is exactly CoOp with the same context; one global
+    log-domain Sinkhorn per epoch on centre views (the released code's is per mini-batch, on augmented views).
+    Loss: CE on OT-clean samples, GCE(q) on the others, both on the given label, mixed per batch. No OT at
+    inference; not foldable (export keeps the adapter and the text encoder in the graph).
     """
 
     name = "visprompt"
@@ -204,7 +182,7 @@ class VisPrompt(PromptMethod):
             raise ConfigError(f"{backbone.name} has no patch tokens (only ViT image towers do): "
                               "use a ViT backbone or --opt kv=pooled")
         # CoOp's learner supplies the context parameter and the frozen [SOS] / name . [EOT] embeddings
-        self.prompt = PromptLearner(backbone, classnames, cfg.n_ctx)
+        self.prompt = PromptLearner(backbone, classnames, cfg.n_ctx, cfg.ctx_init)
         width = backbone.text.width
         self.image_project = nn.Linear(backbone.embed_dim, width)
         self.block = CrossModalBlock(width, resolve_heads(width, cfg.heads), cfg.residual, cfg.ffn, cfg.dropout,
@@ -249,26 +227,12 @@ class VisPrompt(PromptMethod):
 
     # --- training ---------------------------------------------------------------------------------------------
     def loss(self, logits: torch.Tensor, target: torch.Tensor, batch: FeatureBatch) -> dict[str, torch.Tensor]:
-        ce_i = F.cross_entropy(logits.float(), target, reduction="none")  # (B,)
+        ce_i = ce(logits, target, reduction="none")  # (B,)
         if self._clean is None or batch.index is None:
             return {"loss": ce_i.mean()}
         clean = self._clean.to(logits.device)[batch.index.to(logits.device)]  # (B,) bool
-        q = self.cfg.gce_q
-        gce_i = (1.0 - (torch.exp(-ce_i) + 1e-6) ** q) / q  # p_y = exp(-CE); same form as losses.gce
+        gce_i = gce(logits, target, self.cfg.gce_q, reduction="none")
         return {"loss": torch.where(clean, ce_i, gce_i).mean(), "clean_frac": clean.float().mean()}
-
-    @torch.no_grad()
-    def _score(self, pooled: torch.Tensor, tokens: torch.Tensor | None, batch_size: int = 256) -> torch.Tensor:
-        """Logits (N, C) in eval mode; the trainer's ``predict`` does the same and is preferred when given."""
-        was_training = self.training
-        self.eval()
-        device = self.prompt.token_prefix.device
-        out = []
-        for i in range(0, len(pooled), batch_size):
-            tok = tokens[i : i + batch_size].to(device).float() if tokens is not None else None
-            out.append(self(FeatureBatch(pooled[i : i + batch_size].to(device).float(), tok)).float().cpu())
-        self.train(was_training)
-        return torch.cat(out)
 
     def epoch_start(self, ctx: dict[str, Any]) -> dict[str, float]:
         """Global OT split of the training set under the current model (centre views); returns its metrics."""
@@ -280,8 +244,7 @@ class VisPrompt(PromptMethod):
         tokens = None
         if self.needs_tokens:
             tokens = data.eval_tokens if data.eval_tokens is not None else data.tokens[:, 0]
-        predict = ctx.get("predict")
-        logits = predict(self, pooled, tokens) if predict is not None else self._score(pooled, tokens)  # (N, C)
+        logits = batched_logits(self, pooled, tokens)  # (N, C), eval mode
         device = ctx.get("device") or logits.device
         given = data.labels.to(device)
         clean, pseudo, info = ot_split(logits.to(device).log_softmax(-1), given, self.cfg.ot_eps, self.cfg.ot_iters)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from edgeprompt.errors import ArtifactError, ConfigError, MissingDependencyError
 from edgeprompt.fileio import sha256_file
-from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, Manifest
+from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, Manifest, read_bundle_manifest
 from edgeprompt.runtime.base import BACKENDS, Runtime
 from edgeprompt.runtime.predictor import Prediction, Predictor
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS", "ENGINE_FILE", "ONNX_FILE", "Prediction", "Predictor", "Runtime",
-    "available_backends", "load_bundle", "load_runtime", "read_bundle_manifest", "resolve_backend",
+    "available_backends", "load_bundle", "load_runtime", "predict_files", "read_bundle_manifest", "resolve_backend",
 ]
 
 
@@ -71,21 +72,6 @@ def resolve_backend(backend: str, bundle_dir: str | os.PathLike[str]) -> str:
         if status[name] is None and (name != "trt" or has_engine):
             return name
     raise MissingDependencyError(f"no runtime backend is usable: {status['ort-cpu']}")
-
-
-def read_bundle_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
-    """Read a bundle's manifest and check it describes an exported graph.
-
-    Raises:
-        ArtifactError: No manifest, a run directory instead of a bundle, or no IOSpec.
-    """
-    manifest = Manifest.read(bundle_dir)
-    if manifest.kind != "bundle":
-        raise ArtifactError(f"{bundle_dir} is a {manifest.kind!r} directory, not a bundle: export it first with "
-                            f"`edgeprompt export {bundle_dir} --onnx`")
-    if manifest.io is None:
-        raise ArtifactError(f"{bundle_dir}/manifest.json has no 'io' section: re-export the bundle")
-    return manifest
 
 
 def _verify(bundle_dir: Path, manifest: Manifest, file: str) -> None:
@@ -156,3 +142,23 @@ def load_bundle(path: str | os.PathLike[str], backend: str = "auto", *, batch_si
     manifest = read_bundle_manifest(path)
     runtime = load_runtime(path, backend, manifest=manifest, verify=verify, **options)
     return Predictor(manifest, runtime, batch_size=batch_size)
+
+
+def predict_files(bundle: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]], *, top_k: int = 3,
+                  backend: str = "auto") -> dict[str, Any]:
+    """Top-k predictions for image files and folders (searched recursively), as ``edgeprompt predict`` prints them.
+
+    Raises:
+        DataError: an image is missing or unreadable, or there is nothing to classify.
+    """
+    from edgeprompt.data.folder import list_images
+
+    paths = list_images(images)
+    with load_bundle(bundle, backend) as predictor:
+        preds = predictor.predict(paths, top_k=top_k)
+        runtime = predictor.runtime
+        return {
+            "bundle": str(bundle), "backend": runtime.name, "provider": runtime.provider,
+            "predictions": [{"image": str(p), "top": [x.to_dict() for x in top]}
+                            for p, top in zip(paths, preds, strict=True)],
+        }

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeprompt._gpu import cuda_gpu_status
+from edgeprompt._gpu import cuda_gpu_status, tensorrt_status
 from edgeprompt._optional import available
 from edgeprompt.errors import ArtifactError, MissingDependencyError
 from edgeprompt.manifest import IOSpec
@@ -29,16 +29,15 @@ from edgeprompt.runtime.base import check_pixels
 
 log = logging.getLogger(__name__)
 
-TRT_MISSING = ("TensorRT is not installed: on a Jetson use JetPack's python3-libnvinfer; on a server "
-               "pip install tensorrt (NVIDIA index)")
 CUDA_PYTHON_MISSING = ("cuda-python is not installed (the TensorRT backend moves buffers with it): "
                        "pip install cuda-python")
 
 
 def trt_runtime_status() -> str | None:
     """Why the TensorRT backend cannot run here, or None when it should (nothing heavy is imported)."""
-    if not available("tensorrt"):
-        return TRT_MISSING
+    missing = tensorrt_status()
+    if missing:
+        return missing
     if not (available("cuda.bindings") or available("cuda.cudart")):
         return CUDA_PYTHON_MISSING
     return cuda_gpu_status()
@@ -74,7 +73,7 @@ class _Buffer:
         self.device: int = int(_check(cudart.cudaMalloc(self.nbytes), "cudaMalloc"))
         self.host_ptr: int = int(_check(cudart.cudaMallocHost(self.nbytes), "cudaMallocHost"))
         raw = (ctypes.c_byte * self.nbytes).from_address(self.host_ptr)
-        self.host = np.frombuffer(raw, dtype=dtype)  # flat view of the pinned memory
+        self.host = np.frombuffer(raw, dtype=dtype)  # type: ignore[call-overload]  # flat view of pinned memory
 
     def free(self, cudart: ModuleType) -> None:
         cudart.cudaFree(self.device)
@@ -132,11 +131,12 @@ class TrtRuntime:
             raise ArtifactError(f"model.engine has inputs {inputs} and outputs {outputs}, but the manifest expects "
                                 f"{self.io.input_names} -> {self.io.output_names}: rebuild the engine from model.onnx")
         lo, _opt, hi = eng.get_tensor_profile_shape(inputs[0], 0)
-        self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
+        self.min_batch = int(lo[0])
+        self.max_batch: int | None = int(hi[0])
         for n in names:
             shape = tuple(eng.get_tensor_shape(n))  # batch axis is -1 for a dynamic engine
             buf = _Buffer(self._cudart, n, np.dtype(trt.nptype(eng.get_tensor_dtype(n))),
-                          tuple(int(d) for d in shape[1:]), self.max_batch)
+                          tuple(int(d) for d in shape[1:]), int(hi[0]))
             self._buffers.append(buf)
             self._context.set_tensor_address(n, buf.device)
         self._inputs = [b for b in self._buffers if b.name in inputs]
@@ -152,8 +152,9 @@ class TrtRuntime:
             raise ArtifactError(f"the engine's profile starts at batch {self.min_batch}, got {x.shape[0]}: "
                                 f"rebuild it with --min-batch 1")
         parts: dict[str, list[np.ndarray]] = {b.name: [] for b in self._outputs}
-        for start in range(0, x.shape[0], self.max_batch):
-            chunk = x[start:start + self.max_batch]
+        step = int(self.max_batch or x.shape[0])
+        for start in range(0, x.shape[0], step):
+            chunk = x[start:start + step]
             for name, out in self._run_chunk(chunk).items():
                 parts[name].append(out)
         return {n: np.concatenate(p) if len(p) > 1 else p[0] for n, p in parts.items()}
@@ -192,7 +193,7 @@ class TrtRuntime:
             cudart.cudaStreamDestroy(self._stream)
             self._stream = None
         self._context = self._engine = None
-        self._cudart = None
+        self._cudart = None  # type: ignore[assignment]
 
     def __del__(self) -> None:
         try:

@@ -3,8 +3,11 @@ test split, summarised as mean ± std (Markdown, CSV, JSON) and plotted against 
 
 Layout of ``OUT``::
 
-    cells/<cell>.json     one finished cell (its presence is what makes an interrupted sweep resume)
-    runs/<cell>/          the cell's run directory
+    sweep.json            the settings of the latest run of the sweep
+    cells/<cell>.<key>.json  one finished cell; ``key`` hashes everything that defines it (data, test set, model
+                          and weights, method and options, protocol, epochs, shots, views, crop, noise, seed), so a
+                          rerun with other settings computes new cells and never reports an old one as new
+    runs/<cell>.<key>/    the cell's run directory
     results.json          every cell + the summary table
     results.md / .csv     method x noise table, mean ± std over seeds
     accuracy_vs_noise_<kind>.png
@@ -14,57 +17,36 @@ Zero-shot trains nothing and sees no labels, so it is evaluated once per seed an
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
+import os
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeprompt.config import TrainConfig, TuneConfig
+from edgeprompt.config import PROTOCOLS, SweepConfig, TrainConfig, TuneConfig
+from edgeprompt.data.noise import parse_noise
 from edgeprompt.errors import ConfigError
-from edgeprompt.fileio import atomic_write_json, atomic_write_text
+from edgeprompt.fileio import atomic_write_json, atomic_write_text, check_not_inside, output_lock
 from edgeprompt.progress import NullReporter, Reporter
+from edgeprompt.tables import csv, markdown_table
+from edgeprompt.train import run as pipeline
 
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """What to sweep. ``noise`` holds groups like ``sym:0,0.25,0.5`` (kind, then comma-separated rates)."""
-
-    train: str
-    test: str
-    out: str
-    methods: tuple[str, ...] = ("zeroshot", "coop", "dspt", "visprompt")
-    losses: tuple[str, ...] = ("ce",)  # CoOp losses; each becomes its own row (coop-ce, coop-gce, …)
-    noise: tuple[str, ...] = ("sym:0,0.25,0.5,0.75",)
-    shots: int = 16
-    seeds: int = 3
-    model: str = "edgeprompt-tiny"
-    pretrained: str = "shapes"
-    epochs: int = 30
-    views: int = 8
-    crop_scale: float = 0.08  # smallest random-resized-crop area of the cached views
-    cache_dir: str | None = None
-    method_options: dict[str, dict[str, Any]] | None = None  # per-method overrides, e.g. {"visprompt": {...}}
+NOISE_GROUP_KINDS = ("sym", "asym")
 
 
 def parse_noise_groups(groups: Sequence[str]) -> list[tuple[str, float]]:
-    """``["sym:0,0.25", "asym:0.5"]`` -> ``[("sym", 0.0), ("sym", 0.25), ("asym", 0.5)]``."""
+    """``["sym:0,0.25", "asym:0.5"]`` -> ``[("sym", 0.0), ("sym", 0.25), ("asym", 0.5)]`` (each rate checked by
+    :func:`edgeprompt.data.noise.parse_noise`)."""
     out = []
     for g in groups:
         kind, _, rates = g.partition(":")
-        if kind not in ("sym", "asym") or not rates:
+        if kind not in NOISE_GROUP_KINDS or not rates:
             raise ConfigError(f"noise group {g!r}: expected sym:R1,R2,… or asym:R1,R2,…")
         for r in rates.split(","):
-            try:
-                rate = float(r)
-            except ValueError:
-                raise ConfigError(f"noise group {g!r}: {r!r} is not a number") from None
-            if not 0 <= rate < 1:
-                raise ConfigError(f"noise group {g!r}: rate {rate} must be in [0, 1)")
-            out.append((kind, rate))
+            out.append((kind, parse_noise(f"{kind}:{r}").rate))
     return out
 
 
@@ -75,7 +57,7 @@ def _rows(cfg: SweepConfig) -> list[tuple[str, str, dict[str, Any]]]:
     rows = []
     for m in cfg.methods:
         METHODS.get(m)  # unknown names fail before any work
-        extra = dict((cfg.method_options or {}).get(m, {}))
+        extra = cfg.options_for(m)
         if m == "coop":
             rows += [(f"coop-{loss}", m, {**extra, "loss": loss}) for loss in cfg.losses]
         else:
@@ -83,9 +65,36 @@ def _rows(cfg: SweepConfig) -> list[tuple[str, str, dict[str, Any]]]:
     return rows
 
 
+def _tree_fingerprint(path: str | None) -> str | None:
+    """A cheap identity of a data folder or file: relative paths, sizes and modification times of its files."""
+    if path is None:
+        return None
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(root) if f != root else f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def sweep_identity(cfg: SweepConfig) -> dict[str, Any]:
+    """Everything besides the cell's own (method, options, noise, seed) that defines a cell's result."""
+    pretrained = cfg.pretrained
+    weights = _tree_fingerprint(pretrained) if os.path.exists(pretrained) else pretrained
+    if cfg.protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
+    return {"train": str(Path(cfg.train).resolve()), "train_files": _tree_fingerprint(cfg.train),
+            "test": str(Path(cfg.test).resolve()), "test_files": _tree_fingerprint(cfg.test),
+            "model": cfg.model, "pretrained": pretrained, "weights": weights, "protocol": cfg.protocol,
+            "epochs": cfg.epochs if cfg.epochs is not None else PROTOCOLS[cfg.protocol].epochs,
+            "shots": cfg.shots, "views": cfg.views, "crop_scale": cfg.crop_scale}
+
+
 def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
-    """Every cell to run, in a stable order."""
+    """Every cell to run, in a stable order; ``key`` names its file and changes with anything that defines it."""
     noises = parse_noise_groups(cfg.noise)
+    ident = sweep_identity(cfg)
     out = []
     for label, method, opts in _rows(cfg):
         for seed in range(1, cfg.seeds + 1):
@@ -93,65 +102,110 @@ def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
             for kind, rate in grid:
                 noise = "none" if rate == 0 else f"{kind}:{rate:g}"
                 name = f"{label}__{kind}-{rate:g}__s{seed}" if method != "zeroshot" else f"{label}__s{seed}"
-                out.append({"name": name, "row": label, "method": method, "options": opts, "kind": kind,
-                            "rate": rate, "noise": noise, "seed": seed})
+                cell = {"name": name, "row": label, "method": method, "options": opts, "kind": kind, "rate": rate,
+                        "noise": noise, "seed": seed}
+                defining = {**ident, **{k: cell[k] for k in ("method", "options", "noise", "seed")}}
+                if method == "zeroshot":  # trains nothing: epochs, views and crop do not change it
+                    defining = {k: v for k, v in defining.items() if k not in ("epochs", "views", "crop_scale")}
+                cell["key"] = hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:12]
+                cell["settings"] = defining
+                out.append(cell)
     return out
 
 
-def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Run (or resume) the sweep; returns the summary and writes tables and plots into ``cfg.out``."""
-    from edgeprompt import api
+def run_cell(cell: dict[str, Any], cfg: SweepConfig) -> dict[str, Any]:
+    """Tune and evaluate one cell (its run directory under ``OUT/runs``); returns the cell's record."""
+    out = Path(cfg.out)
+    run_dir = out / "runs" / f"{cell['name']}.{cell['key']}"
+    t_cell = time.perf_counter()
+    tune_cfg = TuneConfig(
+        train=cfg.train, out=str(run_dir), method=cell["method"], method_options=cell["options"],
+        protocol=cfg.protocol, model=cfg.model, pretrained=cfg.pretrained, shots=cfg.shots, noise=cell["noise"],
+        views=cfg.views, crop_scale=cfg.crop_scale, cache_dir=cfg.cache_dir, overwrite=True,
+        train_cfg=TrainConfig(epochs=cfg.epochs, seed=cell["seed"], eval_every=0),
+    )
+    summary = pipeline.tune(tune_cfg)
+    ev = pipeline.evaluate(run_dir, cfg.test, cache_dir=cfg.cache_dir)
+    record = {k: v for k, v in cell.items() if k != "settings"}
+    record.update(top1=ev["top1"], n_test=ev["n"], n_flipped=summary["n_flipped"], epochs=summary["epochs"],
+                  tune_s=summary["time_s"], time_s=round(time.perf_counter() - t_cell, 2))
+    record.update(_ot_quality(run_dir))
+    return record
 
+
+def _ot_quality(run_dir: Path) -> dict[str, Any]:
+    """The last epoch's OT split numbers from a VisPrompt run's metrics (empty for other methods)."""
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    last = json.loads(lines[-1]) if lines else {}
+    return {k: v for k, v in last.items() if k.startswith("ot_")}
+
+
+def cell_file(out: Path, cell: dict[str, Any]) -> Path:
+    return out / "cells" / f"{cell['name']}.{cell['key']}.json"
+
+
+def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run (or resume) the sweep; returns the summary and writes tables and plots into ``cfg.out``.
+
+    A cell already computed under the same settings (its key) is read back, any other is computed; cells of
+    earlier sweeps with other settings stay on disk but never enter the tables.
+    """
     rep = reporter or NullReporter()
     out = Path(cfg.out)
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    todo = cells(cfg)
-    tick = rep.task("sweep cells")
-    t0, ran = time.perf_counter(), 0
-    results = []
-    for i, cell in enumerate(todo):
-        done_file = out / "cells" / f"{cell['name']}.json"
-        if done_file.is_file():
-            results.append(json.loads(done_file.read_text()))
-            tick(i + 1, len(todo), cell=cell["name"])
-            continue
-        run_dir = out / "runs" / cell["name"]
-        shutil.rmtree(run_dir, ignore_errors=True)
-        t_cell = time.perf_counter()
-        tune_cfg = TuneConfig(
-            train=cfg.train, out=str(run_dir), method=cell["method"], method_options=cell["options"],
-            model=cfg.model, pretrained=cfg.pretrained, shots=cfg.shots, noise=cell["noise"], views=cfg.views,
-            crop_scale=cfg.crop_scale,
-            cache_dir=cfg.cache_dir, train_cfg=TrainConfig(epochs=cfg.epochs, seed=cell["seed"], eval_every=0),
-        )
-        summary = api.tune(tune_cfg)
-        ev = api.evaluate(run_dir, cfg.test, cache_dir=cfg.cache_dir)
-        record = {**cell, "top1": ev["top1"], "n_test": ev["n"], "n_flipped": summary["n_flipped"],
-                  "time_s": round(time.perf_counter() - t_cell, 2)}
-        atomic_write_json(done_file, record)
-        results.append(record)
-        ran += 1
-        elapsed = time.perf_counter() - t0
-        tick(i + 1, len(todo), cell=cell["name"], top1=record["top1"],
-             eta_min=round(elapsed / ran * (len(todo) - i - 1) / 60, 1))
-    summary = summarise(results, cfg)
-    write_reports(out, results, summary)
+    check_not_inside(out, {"the training data": cfg.train, "the test data": cfg.test})
+    todo = cells(cfg)  # validates methods, noise groups and the protocol before anything is written
+    with output_lock(out):
+        (out / "cells").mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "sweep.json", cfg.to_dict())
+        tick = rep.task("sweep cells")
+        t0, ran = time.perf_counter(), 0
+        results = []
+        for i, cell in enumerate(todo):
+            done_file = cell_file(out, cell)
+            if done_file.is_file():
+                results.append(json.loads(done_file.read_text()))
+                tick(i + 1, len(todo), cell=cell["name"])
+                continue
+            record = run_cell(cell, cfg)
+            atomic_write_json(done_file, record)
+            results.append(record)
+            ran += 1
+            elapsed = time.perf_counter() - t0
+            tick(i + 1, len(todo), cell=cell["name"], top1=record["top1"],
+                 eta_min=round(elapsed / ran * (len(todo) - i - 1) / 60, 1))
+        summary = summarise(results, cfg)
+        summary["wall_s"] = round(time.perf_counter() - t0, 1)
+        write_reports(out, results, summary)
     return summary
 
 
 def summarise(results: list[dict[str, Any]], cfg: SweepConfig) -> dict[str, Any]:
-    """Mean and std of top-1 over seeds for every (row, noise kind, rate); zero-shot as a reference value."""
-    groups: dict[tuple[str, str, float], list[float]] = {}
+    """Mean and std of top-1 over seeds for every (row, noise kind, rate); zero-shot as a reference value; seconds
+    per cell for each row."""
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     for r in results:
-        if r["method"] == "zeroshot":
-            continue
-        groups.setdefault((r["row"], r["kind"], r["rate"]), []).append(r["top1"])
-    table = [{"row": k[0], "kind": k[1], "rate": k[2], "mean": statistics.fmean(v),
-              "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)} for k, v in sorted(groups.items())]
+        if r["method"] != "zeroshot":
+            groups.setdefault((r["row"], r["kind"], r["rate"]), []).append(r)
+    table = []
+    for (row, kind, rate), rs in sorted(groups.items()):
+        top = [r["top1"] for r in rs]
+        entry = {"row": row, "kind": kind, "rate": rate, "mean": statistics.fmean(top),
+                 "std": statistics.stdev(top) if len(top) > 1 else 0.0, "n": len(top)}
+        for k in ("ot_precision", "ot_recall"):
+            vals = [r[k] for r in rs if k in r]
+            if vals:
+                entry[k] = statistics.fmean(vals)
+        table.append(entry)
     zs = [r["top1"] for r in results if r["method"] == "zeroshot"]
-    return {"table": table, "zeroshot": statistics.fmean(zs) if zs else None, "cells": len(results),
-            "shots": cfg.shots, "seeds": cfg.seeds, "model": cfg.model, "pretrained": cfg.pretrained,
-            "epochs": cfg.epochs}
+    seconds: dict[str, list[float]] = {}
+    for r in results:
+        seconds.setdefault(r["row"], []).append(r.get("time_s", 0.0))
+    return {"table": table, "zeroshot": statistics.fmean(zs) if zs else None,
+            "zeroshot_std": statistics.stdev(zs) if len(zs) > 1 else 0.0, "cells": len(results),
+            "seconds_per_cell": {k: round(statistics.fmean(v), 2) for k, v in sorted(seconds.items())},
+            "cell_seconds": round(sum(sum(v) for v in seconds.values()), 1), **sweep_identity(cfg),
+            "seeds": cfg.seeds}
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -159,28 +213,28 @@ def markdown(summary: dict[str, Any]) -> str:
     cols = sorted({(t["kind"], t["rate"]) for t in summary["table"]}, key=lambda c: (c[0] != "sym", c[0], c[1]))
     rows = sorted({t["row"] for t in summary["table"]}, key=lambda r: (r != "coop-ce", r))
     cell = {(t["row"], t["kind"], t["rate"]): t for t in summary["table"]}
-    head = "| method | " + " | ".join(f"{k} {100 * r:g}%" for k, r in cols) + " |"
-    lines = [head, "|" + "---|" * (len(cols) + 1)]
+    names = [f"{k} {100 * r:g}%" for k, r in cols]
+    lines = []
     for row in rows:
-        vals = []
-        for c in cols:
-            t = cell.get((row, *c))
-            vals.append(f"{100 * t['mean']:.1f} ± {100 * t['std']:.1f}" if t else "–")
-        lines.append(f"| {row} | " + " | ".join(vals) + " |")
+        vals = {n: (f"{100 * t['mean']:.1f} ± {100 * t['std']:.1f}" if (t := cell.get((row, *c))) else "–")
+                for n, c in zip(names, cols, strict=True)}
+        lines.append({"method": row, **vals})
     if summary["zeroshot"] is not None:
-        lines.append("| zeroshot (no labels) | " + " | ".join(f"{100 * summary['zeroshot']:.1f}" for _ in cols) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append({"method": "zeroshot (no labels)", **dict.fromkeys(names, f"{100 * summary['zeroshot']:.1f}")})
+    return markdown_table(lines, ["method", *names]) + "\n"
 
 
 def write_reports(out: Path, results: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """results.json, results.md, results.csv and one PNG per noise kind (when matplotlib is installed)."""
     atomic_write_json(out / "results.json", {"summary": summary, "cells": results})
     atomic_write_text(out / "results.md", markdown(summary))
-    lines = ["method,noise_kind,noise_rate,mean_top1,std_top1,seeds"]
-    lines += [f"{t['row']},{t['kind']},{t['rate']},{t['mean']:.4f},{t['std']:.4f},{t['n']}" for t in summary["table"]]
+    rows = [{"method": t["row"], "noise_kind": t["kind"], "noise_rate": t["rate"], "mean_top1": round(t["mean"], 4),
+             "std_top1": round(t["std"], 4), "seeds": t["n"]} for t in summary["table"]]
     if summary["zeroshot"] is not None:
-        lines.append(f"zeroshot,none,0,{summary['zeroshot']:.4f},,")
-    atomic_write_text(out / "results.csv", "\n".join(lines) + "\n")
+        rows.append({"method": "zeroshot", "noise_kind": "none", "noise_rate": 0,
+                     "mean_top1": round(summary["zeroshot"], 4), "std_top1": round(summary["zeroshot_std"], 4),
+                     "seeds": summary["seeds"]})
+    atomic_write_text(out / "results.csv", csv(rows))
     from edgeprompt._optional import available
 
     if available("matplotlib"):
@@ -211,7 +265,8 @@ def plot(summary: dict[str, Any], kind: str, path: Path) -> Path:
         ax.axhline(100 * summary["zeroshot"], color="grey", linestyle="--", label="zero-shot")
     ax.set_xlabel(f"{kind} label noise (%)")
     ax.set_ylabel("clean test top-1 (%)")
-    ax.set_title(f"{summary['model']} / {summary['pretrained']}, {summary['shots']} shots, {summary['seeds']} seeds")
+    ax.set_title(f"{summary['model']} / {summary['pretrained']}, {summary['shots']} shots, {summary['seeds']} seeds, "
+                 f"{summary['protocol']} protocol", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -21,7 +21,7 @@ import torch
 
 from edgeprompt.config import TrainConfig
 from edgeprompt.fileio import atomic_write_bytes
-from edgeprompt.methods.base import FeatureBatch, PromptMethod
+from edgeprompt.methods.base import FeatureBatch, PromptMethod, batched_logits
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -64,21 +64,6 @@ def lr_at(epoch: int, cfg: TrainConfig) -> float:
     if epoch < cfg.warmup_epochs:
         return cfg.warmup_lr
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
-
-
-@torch.no_grad()
-def predict(method: PromptMethod, pooled: torch.Tensor, tokens: torch.Tensor | None = None,
-            batch_size: int = 256) -> torch.Tensor:
-    """Logits (N, C) for centre-view features, in eval mode, batched."""
-    was_training = method.training
-    method.eval()
-    device = next(iter(method.buffers()), pooled).device
-    out = []
-    for i in range(0, len(pooled), batch_size):
-        tok = tokens[i : i + batch_size].to(device).float() if tokens is not None else None
-        out.append(method(FeatureBatch(pooled[i : i + batch_size].to(device), tok)).float().cpu())
-    method.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, method.num_classes)
 
 
 def _gather(data: TrainSet, idx: torch.Tensor, views: torch.Tensor, device: torch.device) -> FeatureBatch:
@@ -126,7 +111,7 @@ def fit(
         log.info("resuming from epoch %d", start + 1)
     labels = data.labels.to(device)
     n = len(labels)
-    ctx: dict[str, Any] = {"data": data, "device": device, "predict": predict}
+    ctx: dict[str, Any] = {"data": data, "device": device}
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         for g in opt.param_groups:
@@ -155,7 +140,7 @@ def fit(
         record.update(loss=loss_sum / max(seen, 1), train_acc=correct / max(seen, 1), time_s=time.perf_counter() - t0)
         last = epoch + 1 == cfg.epochs
         if val is not None and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
-            pred = predict(method, val.pooled, val.tokens).argmax(-1)
+            pred = batched_logits(method, val.pooled, val.tokens).argmax(-1)
             record["val_acc"] = float((pred == val.labels).float().mean())
         history.append(record)
         with metrics_path.open("a") as f:

@@ -1,0 +1,197 @@
+"""The tuning pipeline: labeled folder -> few-shot, noisy labels -> cached features -> fit -> run directory.
+
+``tune`` is what ``edgeprompt tune`` (and every sweep cell) runs; ``evaluate`` is ``edgeprompt eval``. The run
+directory is built in ``OUT.partial`` (kept across an interrupt, so the same command resumes it) and moved into place
+by :func:`edgeprompt.fileio.replace_dir` only when complete; one writer at a time holds ``.OUT.lock``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeprompt.artifact import SPLIT_FILE, load_run, save_state
+from edgeprompt.backbone import create_backbone
+from edgeprompt.config import TuneConfig, resolve_tune
+from edgeprompt.data import apply_noise, load_labeled, parse_noise, sample_few_shot
+from edgeprompt.data.folder import LabeledSet, image_side, match_classes
+from edgeprompt.errors import ArtifactError, ConfigError
+from edgeprompt.fileio import atomic_write_json, check_not_inside, output_lock, replace_dir
+from edgeprompt.manifest import Manifest
+from edgeprompt.methods import create_method
+from edgeprompt.methods.base import batched_logits, build_config, method_config_class
+from edgeprompt.progress import NullReporter, Reporter
+from edgeprompt.train.cache import AugmentSpec, FeatureCache
+from edgeprompt.train.evaluate import classification_report, noisy_train_report
+from edgeprompt.train.trainer import EvalSet, TrainSet, fit, resolve_device
+
+
+def _prepare_workdir(out: Path, resolved: dict[str, Any], overwrite: bool) -> Path:
+    """``OUT.partial`` for an unfinished run: kept when its config matches (resume), recreated otherwise."""
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists: pass --overwrite, or choose another --out")
+    work = out.with_name(out.name + ".partial")
+    cfg_path = work / "config.json"
+    if work.is_dir():
+        try:
+            same = json.loads(cfg_path.read_text()) == resolved
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not cfg_path.is_file():
+        atomic_write_json(cfg_path, resolved)
+    return work
+
+
+def load_tuning_set(cfg: TuneConfig, rep: Reporter) -> tuple[LabeledSet, LabeledSet, list[int], list[bool]]:
+    """All labeled samples, the few-shot subset, its given (possibly noisy) labels and the clean mask."""
+    noise = parse_noise(cfg.noise)
+    data = load_labeled(cfg.train, strict=cfg.strict, classnames_file=cfg.classnames_file,
+                        progress=rep.task("checking images"))
+    few = sample_few_shot(data, cfg.shots, cfg.train_cfg.seed)
+    given, clean = apply_noise(few.labels, few.num_classes, noise, cfg.train_cfg.seed, few.classnames)
+    return data, few, given, clean
+
+
+def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Tune ``cfg.method`` on a labeled folder and write the run directory ``cfg.out`` (atomically).
+
+    Returns a summary: run directory, sample counts, final metrics, validation accuracy, time.
+    """
+    rep = reporter or NullReporter()
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    check_not_inside(out, {"the training data": cfg.train, "the validation data": cfg.val})
+    with output_lock(out):
+        return _tune(cfg, out, rep, t_start)
+
+
+def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str, Any]:
+    if out.exists() and not cfg.overwrite:  # before any image is read
+        raise ConfigError(f"{out} already exists: pass --overwrite, or choose another --out")
+    build_config(cfg.method, cfg.options)  # unknown method/options fail before any work
+    data, few, given, clean = load_tuning_set(cfg, rep)
+    names = [f.name for f in dataclasses.fields(method_config_class(cfg.method))]
+    cfg = resolve_tune(cfg, image_side(few.paths), names)  # protocol defaults, crop scale from the image size
+    cfg.train_cfg.validate()
+    if cfg.crop_scale is not None and not 0 < cfg.crop_scale <= 1:
+        raise ConfigError(f"--crop-scale must be in (0, 1], got {cfg.crop_scale}")
+    method_cfg = build_config(cfg.method, cfg.options)
+    val = None
+    if cfg.val:
+        val = match_classes(few.classnames, load_labeled(cfg.val, strict=cfg.strict), "validation set")
+
+    # what defines the result (the overwrite flag does not, so it never blocks a resume)
+    resolved = {k: v for k, v in cfg.to_dict().items() if k != "overwrite"} | {"method_options": _asdict(method_cfg)}
+    work = _prepare_workdir(out, resolved, cfg.overwrite)
+
+    torch.manual_seed(cfg.train_cfg.seed)
+    device = resolve_device(cfg.train_cfg.device)
+    backbone = create_backbone(cfg.model, cfg.pretrained, device)
+    method = create_method(cfg.method, backbone, list(few.classnames), **_asdict(method_cfg)).to(device)
+    cache = FeatureCache(backbone, cfg.cache_dir)
+    tokens = method.needs_tokens
+    aug = AugmentSpec(views=cfg.views, scale=(float(cfg.crop_scale or 0.08), 1.0))
+    pooled, tok = cache.features(few.paths, aug, tokens, rep.task("encoding train views"))
+    eval_pooled, eval_tok = cache.features(few.paths, None, tokens, rep.task("encoding train (centre)"))
+    val_set = None
+    if val is not None:
+        vp, vt = cache.features(val.paths, None, tokens, rep.task("encoding validation"))
+        val_set = EvalSet(vp, torch.tensor(val.labels), vt)
+    train_set = TrainSet(pooled, torch.tensor(given), tok, torch.tensor(few.labels), eval_pooled, eval_tok)
+
+    tick = rep.task(f"tuning {cfg.method}")
+    epochs = int(cfg.train_cfg.epochs or 0) if method.trainable else 0
+
+    def on_epoch(rec: dict[str, Any]) -> None:
+        tick(rec["epoch"], epochs, **{k: v for k, v in rec.items() if k in ("loss", "train_acc", "val_acc")})
+
+    history = fit(method, train_set, cfg.train_cfg, work, val_set, on_epoch) if epochs else []
+    (work / "checkpoint.pt").unlink(missing_ok=True)
+    (work / "metrics.jsonl").touch()
+    files = save_state(method, work)
+    noise = parse_noise(cfg.noise)
+    atomic_write_json(work / SPLIT_FILE, {
+        "root": str(few.root.resolve()) if few.root else None,
+        "paths": [str(p.resolve()) for p in few.paths],  # absolute: `eval --train` works from any directory
+        "given_labels": given,
+        "true_labels": list(few.labels),
+        "noise": str(noise),
+    })
+    n_flipped = int(sum(not c for c in clean))
+    manifest = Manifest(
+        kind="run", method=cfg.method, backbone=backbone.ref, classnames=few.classnames,
+        preprocess=backbone.preprocess, logit_scale=backbone.logit_scale, files=files,
+        extra={"method_config": _asdict(method_cfg), "noise": str(noise), "shots": cfg.shots, "protocol": cfg.protocol,
+               "n_train": len(few), "n_flipped": n_flipped, "seed": cfg.train_cfg.seed},
+    )
+    manifest.write(work)
+    replace_dir(work, out)
+    final = history[-1] if history else {}
+    return {
+        "run_dir": str(out), "method": cfg.method, "protocol": cfg.protocol, "model": cfg.model,
+        "pretrained": cfg.pretrained, "classes": few.num_classes, "n_train": len(few), "n_flipped": n_flipped,
+        "noise": str(noise), "epochs": len(history), "final_loss": final.get("loss"),
+        "val_acc": final.get("val_acc"), "skipped_files": len(data.skipped),
+        "cache": {"hits": cache.hits, "misses": cache.misses}, "time_s": round(time.perf_counter() - t_start, 2),
+    }
+
+
+def _asdict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def evaluate(run_dir: str | Path, test: str | Path | None = None, *, on_train: bool = False, strict: bool = False,
+             cache_dir: str | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Top-1, per-class accuracy and confusion matrix of a run on ``test`` (a labeled folder or CSV).
+
+    With ``on_train``, evaluates on the run's own tuning samples instead and adds accuracy on clean and on flipped
+    samples separately (against the true labels).
+    """
+    rep = reporter or NullReporter()
+    if (test is None) == (not on_train):
+        raise ConfigError("pass a TEST_DIR, or --train to evaluate on the run's tuning samples (not both)")
+    run = load_run(run_dir, device="cuda" if torch.cuda.is_available() else "cpu")
+    classnames = list(run.manifest.classnames)
+    given = None
+    if on_train:
+        split = read_split(run_dir)
+        paths = [Path(p) for p in split["paths"]]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise ArtifactError(f"{len(missing)} tuning image(s) of {run_dir} are gone (first: {missing[0]}): "
+                                f"--train needs the images the run was tuned on")
+        target, given = np.array(split["true_labels"]), np.array(split["given_labels"])
+    else:
+        data = match_classes(classnames, load_labeled(test, strict=strict), "test set")  # type: ignore[arg-type]
+        paths, target = list(data.paths), np.array(data.labels)
+    cache = FeatureCache(run.backbone, cache_dir)
+    pooled, tokens = cache.features(paths, None, run.method.needs_tokens, rep.task("encoding"))
+    pred = batched_logits(run.method, pooled, tokens).argmax(-1).numpy()
+    report = classification_report(pred, target, classnames)
+    report.update(run_dir=str(run_dir), method=run.manifest.method, split="train" if on_train else str(test))
+    if given is not None:
+        report["noisy"] = noisy_train_report(pred, given, target)
+    return report
+
+
+def read_split(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``train_split.json`` (paths are absolute; runs from before that are resolved against the CWD)."""
+    path = Path(run_dir) / SPLIT_FILE
+    try:
+        split = json.loads(path.read_text())
+        ok = len(split["paths"]) == len(split["given_labels"]) == len(split["true_labels"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{path} is missing or damaged ({type(e).__name__}): re-run `edgeprompt tune`") from None
+    if not ok:
+        raise ArtifactError(f"{path} is damaged (paths and labels differ in length): re-run `edgeprompt tune`")
+    return split
