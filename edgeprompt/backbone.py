@@ -112,21 +112,64 @@ def _build_open_clip(model: str, pretrained: str | None) -> nn.Module:
             raise ConfigError(f"checkpoint {path} does not exist: pass an existing .pt/.bin/.safetensors file")
         try:
             return open_clip.create_model(model, pretrained=tag)
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise ConfigError(f"checkpoint {path} does not fit model {model!r} ({str(e).splitlines()[0][:200]})") from e
+        except Exception as e:  # torch.load / safetensors / load_state_dict each raise their own types
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"checkpoint {path} cannot be loaded into model {model!r} ({why}): pass an open_clip "
+                              f"checkpoint of that architecture") from e
     tags = [t for n, t in open_clip.list_pretrained() if n == model]
     if tag not in tags:
         raise ConfigError(
             f"unknown pretrained tag {tag!r} for {model}.{suggest(tag, tags)} "
             f"Known tags: {', '.join(tags) or 'none'}; or pass a local checkpoint path"
         )
+    cached = _cached_hub_file(model, tag)
+    if cached is None and not _network_ok():  # fail in a second, not after a minute of retries
+        raise ConfigError(
+            f"cannot download weights {model}/{tag}: no network, and they are not in the Hugging Face cache; pass a "
+            f"local checkpoint path: --pretrained /path/to/open_clip_model.safetensors"
+        )
     try:
-        return open_clip.create_model(model, pretrained=tag)
+        return open_clip.create_model(model, pretrained=cached or tag)
     except Exception as e:  # network errors come in many types (requests, urllib, huggingface_hub)
         raise ConfigError(
             f"could not download weights {model}/{tag} ({type(e).__name__}); without network, pass a local "
             f"checkpoint path: --pretrained /path/to/open_clip_model.safetensors"
         ) from e
+
+
+HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # what open_clip fetches from a hub repo
+
+
+def _cached_hub_file(model: str, tag: str) -> str | None:
+    """The local path of ``model``/``tag``'s weights when the Hugging Face cache already holds them, else None."""
+    import open_clip
+
+    hub = (open_clip.get_pretrained_cfg(model, tag) or {}).get("hf_hub", "")
+    if not hub:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    for name in (filename,) if filename else HUB_FILES:
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _network_ok(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the weights host answers on port 443 within ``timeout`` (respects HF_HUB_OFFLINE)."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def tower_features(

@@ -109,6 +109,7 @@ def output_lock(target: str | os.PathLike[str]) -> Iterator[Path]:
     from edgeprompt.errors import ConfigError
 
     target = Path(target)
+    made = [d for d in [target.parent, *target.parent.parents] if not d.exists()]  # parents this lock creates
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = target.with_name(f".{target.name}.lock")
     me = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -137,6 +138,10 @@ def output_lock(target: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock)
+        if not target.exists():  # a refused or failed write leaves no empty folders behind either
+            for d in made:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
 
 
 def check_not_inside(out: str | os.PathLike[str], inputs: dict[str, str | os.PathLike[str] | None]) -> None:

@@ -20,28 +20,27 @@ commands_tune.register(app)
 commands_deploy.register(app)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point: bad command lines get the same one-line error (exit 2) as bad inputs."""
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: a bad command line gets the same one-line error (exit 2) as a bad input."""
     import sys
-
-    import click
 
     from edgeprompt.cli.ui import fail
 
     args = sys.argv[1:] if argv is None else argv
     try:
         code = app(args=args, prog_name="edgeprompt", standalone_mode=False)
-    except click.exceptions.ClickException as e:
-        ctx = getattr(e, "ctx", None)
-        where = ctx.command_path if ctx is not None else "edgeprompt"
-        try:
-            fail(f"{e.format_message()} (see `{where} --help`)", "usage", "--json" in args)
-        except click.exceptions.Exit as x:
-            sys.exit(x.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    sys.exit(code or 0)
+    except typer.TyperException as e:  # click's usage errors (unknown option, bad value, missing argument)
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "edgeprompt"
+        text = e.format_message() if hasattr(e, "format_message") else str(e)
+        try:
+            fail(f"{text} (see `{where} --help`)", "usage", "--json" in args)
+        except typer.Exit as x:
+            sys.exit(x.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

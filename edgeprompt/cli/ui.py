@@ -81,6 +81,7 @@ def setup_logging(verbose: bool = False) -> None:
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     root.propagate = False
     logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights" warning is ours to give
+    logging.captureWarnings(True)  # library warnings (torch.load, exporters) go to the quiet root logger, not stderr
 
 
 def error_kind(e: BaseException) -> str:

@@ -17,6 +17,8 @@ from edgeprompt.errors import DataError
 
 log = logging.getLogger(__name__)
 
+PATH_COLUMNS = ("path", "file", "filename", "filepath", "image", "img")  # header names a CSV's columns may have
+LABEL_COLUMNS = ("label", "class", "classname", "category", "target")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
 
@@ -74,6 +76,8 @@ def check_image(path: Path) -> str | None:
             im.verify()  # structure check; a truncated file can still pass this …
         with Image.open(path) as im:
             im.load()  # … so decode the pixels too
+    except Image.DecompressionBombError as e:  # a PNG bomb, or a huge scan: skipped like a broken file
+        return f"too large to decode safely ({e})"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         return f"not a readable image ({type(e).__name__}: {e})"
     return None
@@ -176,14 +180,46 @@ def load_folder(
         files.extend((p, len(kept_dirs)) for p in images)
         kept_dirs.append(d)
     names = [display_name(d.name) for d in kept_dirs]
+    _check_names(names, [d.name for d in kept_dirs], root)
     if classnames is not None:
         if len(classnames) != len(class_dirs):
             raise DataError(f"{len(classnames)} class names given for {len(class_dirs)} class folders in {root}")
         keep = {d.name for d in kept_dirs}
         names = [n for n, d in zip(classnames, class_dirs, strict=True) if d.name in keep]
     paths, labels = _check_all(files, problems, strict, check_images, progress)
+    return _finish(paths, labels, names, root, problems, str(root))
+
+
+def _check_names(names: Sequence[str], sources: Sequence[str], where: Path) -> None:
+    """Class names must be non-empty and distinct (``half_moon`` and ``half moon`` are the same prompt)."""
+    seen: dict[str, str] = {}
+    for name, src in zip(names, sources, strict=True):
+        if not name:
+            raise DataError(f"class {src!r} in {where} gives an empty class name: rename it to the class's name")
+        if name in seen:
+            raise DataError(f"classes {seen[name]!r} and {src!r} in {where} both give the class name {name!r} (the "
+                            f"same prompt): merge or rename one")
+        seen[name] = src
+
+
+def _finish(paths: list[Path], labels: list[int], names: Sequence[str], root: Path, problems: list[tuple[str, str]],
+            where: str) -> LabeledSet:
+    """Drop classes left without a usable image (with a warning, as an empty folder is), then check >= 2 remain."""
+    counts = [0] * len(names)
+    for y in labels:
+        counts[y] += 1
+    empty = [n for n, c in zip(names, counts, strict=True) if c == 0]
+    if empty:
+        log.warning("no usable images for class(es) %s in %s; ignoring them", ", ".join(map(repr, empty)), where)
+        problems.extend((n, "no usable images") for n in empty)
+        new_index = {}
+        for i, c in enumerate(counts):
+            if c:
+                new_index[i] = len(new_index)
+        labels = [new_index[y] for y in labels]
+        names = [n for n, c in zip(names, counts, strict=True) if c]
     if len(names) < 2:
-        raise DataError(f"{root} has {len(names)} usable class(es): a classifier needs at least 2")
+        raise DataError(f"{where} has {len(names)} usable class(es): a classifier needs at least 2")
     return LabeledSet(tuple(paths), tuple(labels), tuple(names), root, tuple(problems))
 
 
@@ -224,21 +260,39 @@ def load_csv(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CSV manifest {path} does not exist")
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        rows = rows[1:]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark is no label
+            rows = [[c.strip() for c in r] for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"CSV manifest {path} is not a UTF-8 CSV file ({type(e).__name__}): save it as UTF-8 "
+                        f"with lines of 'path,label'") from None
     if not rows:
         raise DataError(f"CSV manifest {path} has no rows: expected lines of 'path,label'")
-    for n, r in enumerate(rows, start=1):
-        if len(r) < 2:
-            raise DataError(f"{path} row {n}: expected 'path,label', got {','.join(r)!r}")
-    raw = [(r[0].strip(), display_name(r[1])) for r in rows]
+    cols, first = (0, 1), 1  # column indices; the file's line number of rows[0]
+    head = [c.lower() for c in rows[0]]
+    if any(c in PATH_COLUMNS for c in head) or any(c in LABEL_COLUMNS for c in head):
+        try:
+            cols = (next(i for i, c in enumerate(head) if c in PATH_COLUMNS),
+                    next(i for i, c in enumerate(head) if c in LABEL_COLUMNS))
+        except StopIteration:
+            raise DataError(f"{path}: the header {','.join(rows[0])!r} needs a path column ({'/'.join(PATH_COLUMNS)})"
+                            f" and a label column ({'/'.join(LABEL_COLUMNS)})") from None
+        rows, first = rows[1:], 2
+    elif rows[0][0] and Path(rows[0][0]).suffix.lower() not in IMAGE_EXTENSIONS:
+        raise DataError(f"{path} row 1 ({','.join(rows[0])!r}) is neither an image row nor a header with a path "
+                        f"and a label column: start the file with 'path,label'")
+    if not rows:
+        raise DataError(f"CSV manifest {path} has a header but no rows")
+    raw = []
+    for n, r in enumerate(rows, start=first):
+        if len(r) <= max(cols) or not r[cols[0]] or not display_name(r[cols[1]]):
+            raise DataError(f"{path} row {n}: expected a path and a label, got {','.join(r)!r}")
+        raw.append((r[cols[0]], display_name(r[cols[1]])))
     names = list(classnames) if classnames is not None else sorted({lab for _, lab in raw})
     index = {n: i for i, n in enumerate(names)}
     files: list[tuple[Path, int]] = []
     problems: list[tuple[str, str]] = []
-    for n, (p, lab) in enumerate(raw, start=1):
+    for n, (p, lab) in enumerate(raw, start=first):
         if lab not in index:
             raise DataError(f"{path} row {n}: unknown label {lab!r}; known classes: {', '.join(names)}")
         fp = Path(p) if Path(p).is_absolute() else path.parent / p
@@ -247,10 +301,7 @@ def load_csv(
             continue
         files.append((fp, index[lab]))
     paths, labels = _check_all(files, problems, strict, check_images, progress)
-    if len(names) < 2:
-        raise DataError(f"{path} has {len(names)} class(es): a classifier needs at least 2")
-    return LabeledSet(tuple(paths), tuple(labels), tuple(names), path.parent, tuple(problems))
-
+    return _finish(paths, labels, names, path.parent, problems, str(path))
 
 def load_labeled(
     source: str | Path,

@@ -70,11 +70,20 @@ def read_flip_map(path: str | Path, classnames: Sequence[str]) -> dict[int, int]
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"flip-map file {p} does not exist")
-    if p.suffix.lower() == ".json":
-        pairs = list(json.loads(p.read_text()).items())
-    else:
-        with p.open(newline="") as f:
-            pairs = [(r[0], r[1]) for r in csv.reader(f) if len(r) >= 2 and r[0].strip()]
+    try:
+        if p.suffix.lower() == ".json":
+            table = json.loads(p.read_text(encoding="utf-8-sig"))
+            if not isinstance(table, dict):
+                raise DataError(f"flip map {p} must be a JSON object {{\"from class\": \"to class\", …}}")
+            pairs = list(table.items())
+        else:
+            with p.open(newline="", encoding="utf-8-sig") as f:
+                pairs = [(r[0], r[1]) for r in csv.reader(f) if len(r) >= 2 and r[0].strip()]
+    except (ValueError, csv.Error, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"flip map {p} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:80]}): "
+                        f"use a JSON object or 'from,to' CSV lines") from None
+    if not pairs:
+        raise DataError(f"flip map {p} has no 'from -> to' pairs")
     index = {n: i for i, n in enumerate(classnames)}
     index.update({n.replace(" ", "_"): i for i, n in enumerate(classnames)})
     out: dict[int, int] = {}

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from edgeprompt.backbone import FrozenCLIP
+from edgeprompt.errors import ConfigError
 from edgeprompt.fileio import atomic_write_bytes, sha256_file
 
 Progress = Callable[[int, int], None]
@@ -84,6 +85,13 @@ class FeatureCache:
         spec = backbone.preprocess
         ident = json.dumps([backbone.ref.model, backbone.ref.weights_sha256, spec.to_dict()], sort_keys=True)
         self.dir = Path(root or default_cache_dir()) / "features" / hashlib.sha256(ident.encode()).hexdigest()[:16]
+        try:  # fail now, in one line, rather than after encoding the first batch
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = atomic_write_bytes(self.dir / ".write-test", b"")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"the feature cache {root or default_cache_dir()} cannot be written ({e.strerror}): "
+                              f"pass --cache-dir with a writable folder, or set EDGEPROMPT_CACHE") from None
         self.batch_size = batch_size
         self._eval_tf = open_clip.image_transform(
             spec.image_size, is_train=False, mean=spec.mean, std=spec.std,

@@ -19,7 +19,7 @@ import torch
 
 from edgeprompt.artifact import SPLIT_FILE, load_run, save_state
 from edgeprompt.backbone import create_backbone
-from edgeprompt.config import TuneConfig, resolve_tune
+from edgeprompt.config import COOP_CROP, TuneConfig, resolve_tune
 from edgeprompt.data import apply_noise, load_labeled, parse_noise, sample_few_shot
 from edgeprompt.data.folder import LabeledSet, image_side, match_classes
 from edgeprompt.errors import ArtifactError, ConfigError
@@ -52,6 +52,14 @@ def _prepare_workdir(out: Path, resolved: dict[str, Any], overwrite: bool) -> Pa
     return work
 
 
+def check_values(cfg: TuneConfig) -> None:
+    """The tune options that no later stage checks before using them."""
+    if isinstance(cfg.shots, bool) or not isinstance(cfg.shots, int) or cfg.shots < 0:
+        raise ConfigError(f"--shots must be a whole number >= 0 (0 = all images), got {cfg.shots!r}")
+    if isinstance(cfg.views, bool) or not isinstance(cfg.views, int) or not 1 <= cfg.views <= 64:
+        raise ConfigError(f"--views must be a whole number in 1..64, got {cfg.views!r}")
+
+
 def load_tuning_set(cfg: TuneConfig, rep: Reporter) -> tuple[LabeledSet, LabeledSet, list[int], list[bool]]:
     """All labeled samples, the few-shot subset, its given (possibly noisy) labels and the clean mask."""
     noise = parse_noise(cfg.noise)
@@ -76,8 +84,10 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> dict[str, Any]:
 
 
 def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str, Any]:
-    if out.exists() and not cfg.overwrite:  # before any image is read
+    # every check and all the reading comes first: nothing is written at OUT until the tuning itself starts
+    if out.exists() and not cfg.overwrite:
         raise ConfigError(f"{out} already exists: pass --overwrite, or choose another --out")
+    check_values(cfg)
     build_config(cfg.method, cfg.options)  # unknown method/options fail before any work
     data, few, given, clean = load_tuning_set(cfg, rep)
     names = [f.name for f in dataclasses.fields(method_config_class(cfg.method))]
@@ -90,17 +100,13 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
     if cfg.val:
         val = match_classes(few.classnames, load_labeled(cfg.val, strict=cfg.strict), "validation set")
 
-    # what defines the result (the overwrite flag does not, so it never blocks a resume)
-    resolved = {k: v for k, v in cfg.to_dict().items() if k != "overwrite"} | {"method_options": _asdict(method_cfg)}
-    work = _prepare_workdir(out, resolved, cfg.overwrite)
-
     torch.manual_seed(cfg.train_cfg.seed)
     device = resolve_device(cfg.train_cfg.device)
     backbone = create_backbone(cfg.model, cfg.pretrained, device)
     method = create_method(cfg.method, backbone, list(few.classnames), **_asdict(method_cfg)).to(device)
     cache = FeatureCache(backbone, cfg.cache_dir)
     tokens = method.needs_tokens
-    aug = AugmentSpec(views=cfg.views, scale=(float(cfg.crop_scale or 0.08), 1.0))
+    aug = AugmentSpec(views=cfg.views, scale=(float(cfg.crop_scale or COOP_CROP), 1.0))
     pooled, tok = cache.features(few.paths, aug, tokens, rep.task("encoding train views"))
     eval_pooled, eval_tok = cache.features(few.paths, None, tokens, rep.task("encoding train (centre)"))
     val_set = None
@@ -109,6 +115,9 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
         val_set = EvalSet(vp, torch.tensor(val.labels), vt)
     train_set = TrainSet(pooled, torch.tensor(given), tok, torch.tensor(few.labels), eval_pooled, eval_tok)
 
+    # what defines the result (the overwrite flag does not, so it never blocks a resume)
+    resolved = {k: v for k, v in cfg.to_dict().items() if k != "overwrite"} | {"method_options": _asdict(method_cfg)}
+    work = _prepare_workdir(out, resolved, cfg.overwrite)
     tick = rep.task(f"tuning {cfg.method}")
     epochs = int(cfg.train_cfg.epochs or 0) if method.trainable else 0
 

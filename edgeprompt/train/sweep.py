@@ -93,6 +93,12 @@ def sweep_identity(cfg: SweepConfig) -> dict[str, Any]:
 
 def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
     """Every cell to run, in a stable order; ``key`` names its file and changes with anything that defines it."""
+    for name, low in (("seeds", 1), ("shots", 0), ("views", 1)):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"--{name} must be a whole number >= {low}, got {value!r}")
+    if cfg.epochs is not None and (not isinstance(cfg.epochs, int) or cfg.epochs < 0):
+        raise ConfigError(f"--epochs must be a whole number >= 0, got {cfg.epochs!r}")
     noises = parse_noise_groups(cfg.noise)
     ident = sweep_identity(cfg)
     out = []

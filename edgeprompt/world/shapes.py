@@ -410,7 +410,7 @@ def write_dataset(
         raise ConfigError("per-class must be >= 1, val/test counts >= 0 and image size within 8..1024")
     out = Path(out)
     if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists: choose a new folder or overwrite it (--force)")
+        raise ConfigError(f"{out} already exists: choose a new folder, or pass --overwrite to replace it")
     classes = class_attributes(task, domain)
     total, done = sum(counts.values()) * len(classes), 0
     with atomic_dir(out, overwrite=overwrite) as tmp:
