@@ -144,7 +144,8 @@ def output_lock(target: str | os.PathLike[str]) -> Iterator[Path]:
                     d.rmdir()
 
 
-def check_not_inside(out: str | os.PathLike[str], inputs: dict[str, str | os.PathLike[str] | None]) -> None:
+def check_not_inside(out: str | os.PathLike[str], inputs: dict[str, str | os.PathLike[str] | None],
+                     flag: str = "--out") -> None:
     """Refuse an output path that is, contains or lies inside one of the command's inputs.
 
     Args:
@@ -162,8 +163,8 @@ def check_not_inside(out: str | os.PathLike[str], inputs: dict[str, str | os.Pat
             continue
         p = Path(path).resolve()
         if o == p or p in o.parents or o in p.parents:
-            raise ConfigError(f"--out {out} overlaps {what} {path}: writing there would destroy it; choose another "
-                              f"--out")
+            raise ConfigError(f"{flag} {out} overlaps {what} {path}: writing there would destroy or pollute it; "
+                              f"choose another {flag}")
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

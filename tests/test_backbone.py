@@ -44,7 +44,10 @@ def test_hub_tag_without_network_says_to_pass_a_local_checkpoint(monkeypatch: py
     def offline(*args: object, **kwargs: object) -> None:
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
+    from edgeprompt import backbone
+
     monkeypatch.setattr(open_clip, "create_model", offline)
+    monkeypatch.setattr(backbone, "_network_ok", lambda *a, **k: True)  # the host answers, the download fails
     with pytest.raises(ConfigError, match="could not download weights ViT-B-32/openai .* local checkpoint path"):
         create_backbone("ViT-B-32", "openai")
 

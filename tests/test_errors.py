@@ -123,6 +123,8 @@ CASES: list[Case] = [
     # tune: outputs
     ("tune-out-exists", lambda w, m, o: _tune(w, m, w["run"]), "already exists"),
     ("tune-out-inside-data", lambda w, m, o: _tune(w, m, w["data"] / "run"), "overlaps the training data"),
+    ("tune-cache-inside-data", lambda w, m, o: _tune(w, m, o)[:-2] + ["--cache-dir", str(w["data"] / "c")],
+     "--cache-dir"),
     ("tune-cache-not-writable", lambda w, m, o: _tune(w, m, o)[:-2] + ["--cache-dir", str(w["files"] / "notes.txt")],
      "cannot be written"),
     # eval

@@ -175,7 +175,7 @@ def test_failed_parity_gate_leaves_no_bundle(tiny_model: str, image_folder: Path
     with pytest.raises(ExportError, match="disagrees with torch.*max_abs_logit_diff"):
         export_run(run, out, n_check=6)
     assert not out.exists()
-    assert list((tmp_path / "bundles").iterdir()) == []  # no partial folder either
+    assert not (tmp_path / "bundles").exists()  # no partial folder, not even the parent it created
 
 
 def test_trt_without_tensorrt_writes_nothing(tiny_model: str, tmp_path: Path) -> None:

@@ -78,7 +78,10 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     rep = reporter or NullReporter()
     t_start = time.perf_counter()
     out = Path(cfg.out)
-    check_not_inside(out, {"the training data": cfg.train, "the validation data": cfg.val})
+    inputs = {"the training data": cfg.train, "the validation data": cfg.val}
+    check_not_inside(out, inputs)
+    if cfg.cache_dir:
+        check_not_inside(cfg.cache_dir, inputs, "--cache-dir")
     with output_lock(out):
         return _tune(cfg, out, rep, t_start)
 

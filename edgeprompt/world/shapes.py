@@ -402,7 +402,7 @@ def write_dataset(
     Returns:
         Summary: path, task, domain, seed, image_size, classes, and image counts per split.
     """
-    from edgeprompt.fileio import atomic_dir, atomic_write_json
+    from edgeprompt.fileio import atomic_dir, atomic_write_json, output_lock
 
     _check(task, domain)
     counts = {"train": per_class, "val": val_per_class, "test": test_per_class}
@@ -413,7 +413,7 @@ def write_dataset(
         raise ConfigError(f"{out} already exists: choose a new folder, or pass --overwrite to replace it")
     classes = class_attributes(task, domain)
     total, done = sum(counts.values()) * len(classes), 0
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with output_lock(out), atomic_dir(out, overwrite=overwrite) as tmp:
         for si, (split, n) in enumerate(counts.items()):
             for ci, (name, attrs) in enumerate(classes.items() if n else ()):
                 folder = tmp / split / name
