@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeprompt.config import BenchConfig, ExportConfig, SweepConfig, TuneConfig
+from edgeprompt.config import AuditConfig, BenchConfig, ExportConfig, SweepConfig, TuneConfig
 from edgeprompt.progress import Reporter
 
 
@@ -69,6 +69,13 @@ def demo(out: str | Path = "edgeprompt-demo", *, reporter: Reporter | None = Non
     from edgeprompt.demo import run_demo
 
     return run_demo(out, reporter=reporter, **options)
+
+
+def audit(cfg: AuditConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Score every label of a folder or CSV and write the report (:func:`edgeprompt.train.audit.audit`)."""
+    from edgeprompt.train.audit import audit as run_audit
+
+    return run_audit(cfg, reporter)
 
 
 def export(cfg: ExportConfig, reporter: Reporter | None = None) -> dict[str, Any]:

@@ -165,6 +165,58 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """``edgeprompt audit``: score every label of a folder or CSV, out of sample (docs/audit.md)."""
+
+    train: str  # labeled folder or CSV manifest whose labels are audited (never modified)
+    out: str  # report folder to create
+    run: str | None = None  # a run directory whose backbone, method and options the audit reuses (re-fit per fold)
+    method: str = "dspt"  # the robust prompt tuned on the other folds
+    method_options: Options | Mapping[str, Any] = ()
+    protocol: str = "default"
+    model: str = "edgeprompt-tiny"
+    pretrained: str = "shapes"
+    folds: int = 4  # K of the K-fold cross-fitting
+    epochs: int | None = None  # per fold; None: the protocol's
+    views: int = 8
+    crop_scale: float | None = None
+    prior_weight: float = 0.5  # weight of the zero-shot prior in the mixture with the fold predictions
+    relabel_threshold: float = 0.5  # --write-fixed: a flagged sample is relabelled when its suggestion is this sure
+    drop: bool = False  # --write-fixed: drop every flagged sample instead of relabelling
+    write_fixed: str | None = None  # corrected CSV manifest to write
+    top: int = 48  # images on the contact sheet
+    seed: int = 0
+    device: str = "auto"
+    cache_dir: str | None = None
+    strict: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _set(self, "method_options", freeze(dict(self.method_options)))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return options_dict(self.method_options)
+
+    def validate(self) -> None:
+        _check_int("--folds", self.folds, 2)
+        _check_int("--views", self.views, 1)
+        _check_int("--top", self.top, 0)
+        _check_int("--seed", self.seed, 0)
+        if self.epochs is not None:
+            _check_int("--epochs", self.epochs, 0)
+        for name in ("prior_weight", "relabel_threshold"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0 <= v <= 1):
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {v!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.write_fixed is not None and not self.write_fixed.lower().endswith(".csv"):
+            raise ConfigError(f"--write-fixed {self.write_fixed}: name a .csv file (a path,label manifest)")
+        TrainConfig(device=self.device).validate()
+
+
+@dataclass(frozen=True)
 class TrtProfile:
     """The TensorRT optimisation profile and builder limits (one dynamic axis: the batch)."""
 

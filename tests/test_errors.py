@@ -195,6 +195,18 @@ CASES: list[Case] = [
                                             "--protocol", "fast"], "--protocol"),
     ("sweep-option-without-method", lambda w, m, o: ["sweep", str(w["data"]), "--test", str(w["data"]), "--out",
                                                      str(o), "--opt", "ot_warmup=2"], "name the method"),
+    # audit
+    ("audit-one-fold", lambda w, m, o: ["audit", str(w["data"]), "--out", str(o), "--folds", "1"], "--folds"),
+    ("audit-prior-weight", lambda w, m, o: ["audit", str(w["data"]), "--out", str(o), "--prior-weight", "2"],
+     "--prior-weight"),
+    ("audit-fixed-not-csv", lambda w, m, o: ["audit", str(w["data"]), "--out", str(o), "--write-fixed",
+                                             str(o) + ".txt"], "name a .csv file"),
+    ("audit-fixed-over-data", lambda w, m, o: ["audit", str(w["data"]), "--out", str(o), "--write-fixed",
+                                               str(w["data"] / "fixed.csv")], "--write-fixed"),
+    ("audit-out-inside-data", lambda w, m, o: ["audit", str(w["data"]), "--out", str(w["data"] / "rep")],
+     "overlaps the audited data"),
+    ("audit-run-is-bundle", lambda w, m, o: ["audit", str(w["data"]), "--out", str(o), "--run", str(w["bundle"])],
+     "not a run directory"),
     # data
     ("data-exists", lambda w, m, o: ["data", "shapes", str(w["data"])], "--overwrite"),
     ("data-unknown-task", lambda w, m, o: ["data", "shapes", str(o), "--task", "shapes"], "Did you mean 'shape'"),
@@ -238,7 +250,7 @@ def test_catalogue_is_large_enough() -> None:
     assert len(CASES) >= 60
     commands = {c[1]({"data": Path("d"), "run": Path("r"), "bundle": Path("b"), "root": Path("x"),
                       "files": Path("f"), "other": Path("o"), "cache": Path("c")}, "m", Path("o"))[0] for c in CASES}
-    assert {"tune", "eval", "export", "predict", "bench", "sweep", "data"} <= commands
+    assert {"tune", "eval", "export", "predict", "bench", "sweep", "audit", "data"} <= commands
 
 
 # --- the twelve rows of the hardening issue ----------------------------------------------------------------------

@@ -1,0 +1,179 @@
+"""``edgeprompt audit``: which labels of a folder are wrong, what they should be, and how noisy the set is.
+
+No ground truth is needed. Every sample gets an out-of-sample class distribution: the set is split into K
+stratified folds, a robust prompt (DSPT by default) is tuned on the other K - 1 folds from the cached frozen
+features and predicts the held-out fold, so a sample's own given label never shapes its own score; the zero-shot
+prior (which sees no labels at all) is mixed in. Confident learning (Northcutt et al., "Confident Learning:
+Estimating Uncertainty in Dataset Labels", JAIR 2021, through ``cleanlab``) then flags the likely label issues,
+estimates the joint of (given, true) labels, hence the noise rate and the class-to-class noise matrix. Why these
+choices, and how well they work on the offline world: docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeprompt.backbone import create_backbone
+from edgeprompt.config import AuditConfig, TrainConfig, resolve_tune
+from edgeprompt.data import load_labeled
+from edgeprompt.data.folder import LabeledSet, image_side
+from edgeprompt.errors import ConfigError, MissingDependencyError
+from edgeprompt.fileio import check_not_inside, output_lock
+from edgeprompt.methods import create_method
+from edgeprompt.methods.base import batched_logits, build_config, method_config_class
+from edgeprompt.progress import NullReporter, Reporter
+from edgeprompt.train.cache import AugmentSpec, FeatureCache
+from edgeprompt.train.trainer import TrainSet, fit, resolve_device
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """(N,) fold index in 0..k-1: each class's samples are shuffled and dealt round-robin, so folds are balanced."""
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(labels), dtype=np.int64)
+    offset = 0
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        folds[idx] = (np.arange(len(idx)) + offset) % k  # the offset spreads small classes over all folds
+        offset += len(idx)
+    return folds
+
+
+@dataclasses.dataclass
+class Features:
+    """Cached frozen features of every sample: views (N, V, E) [+ tokens] for tuning, centre (N, E) [+ tokens]."""
+
+    views: torch.Tensor
+    centre: torch.Tensor
+    view_tokens: torch.Tensor | None
+    centre_tokens: torch.Tensor | None
+
+
+def out_of_sample_probs(cfg: AuditConfig, data: LabeledSet, feats: Features, backbone: Any, method_opts: dict,
+                        train_cfg: TrainConfig, rep: Reporter, folds: np.ndarray | None = None) -> np.ndarray:
+    """(N, C) probabilities, each row from a prompt tuned without that sample (K-fold cross-fitting).
+
+    ``folds`` (N,) fold indices; default :func:`stratified_folds` of the given labels.
+    """
+    given = torch.tensor(data.labels)
+    if folds is None:
+        folds = stratified_folds(given.numpy(), cfg.folds, cfg.seed)
+    probs = np.zeros((len(data), data.num_classes), dtype=np.float64)
+    tick = rep.task(f"tuning {cfg.method} on {cfg.folds} folds")
+    for k in range(cfg.folds):
+        held, kept = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
+        torch.manual_seed(cfg.seed + k)
+        method = create_method(cfg.method, backbone, list(data.classnames), **method_opts)
+        sub = TrainSet(feats.views[kept], given[kept], feats.view_tokens[kept] if feats.view_tokens is not None
+                       else None, None, feats.centre[kept],
+                       feats.centre_tokens[kept] if feats.centre_tokens is not None else None)
+        with tempfile.TemporaryDirectory(prefix="edgeprompt-audit-") as work:
+            fit(method, sub, dataclasses.replace(train_cfg, seed=cfg.seed + k), Path(work))
+        tok = feats.centre_tokens[held] if feats.centre_tokens is not None else None
+        probs[held] = batched_logits(method, feats.centre[held], tok).softmax(-1).double().numpy()
+        tick(k + 1, cfg.folds)
+    return probs
+
+
+def zero_shot_probs(backbone: Any, data: LabeledSet, centre: torch.Tensor) -> np.ndarray:
+    """(N, C) zero-shot probabilities: the prior that has seen no label."""
+    zs = create_method("zeroshot", backbone, list(data.classnames))
+    return batched_logits(zs, centre).softmax(-1).double().numpy()
+
+
+def confident_learning(given: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """Flags, label-quality scores and the (given, true) joint from ``cleanlab`` (confident learning).
+
+    Returns:
+        ``flagged`` (N,) bool, ``quality`` (N,) in [0, 1] (low = likely wrong), ``joint`` (C, C) with rows the
+        given label and columns the true one, summing to 1.
+    """
+    try:
+        from cleanlab.count import estimate_joint
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+    except ImportError as e:
+        raise MissingDependencyError('the label audit needs cleanlab: pip install "edgeprompt[train]"') from e
+    probs = np.clip(probs, 1e-12, None)
+    probs = probs / probs.sum(1, keepdims=True)
+    flagged = find_label_issues(given, probs, filter_by="prune_by_noise_rate")
+    quality = get_label_quality_scores(given, probs, method="self_confidence")
+    joint = estimate_joint(given, probs)
+    return {"flagged": np.asarray(flagged, bool), "quality": np.asarray(quality, float), "joint": joint}
+
+
+def recipe_from_run(cfg: AuditConfig, run_dir: str | Path) -> AuditConfig:
+    """``cfg`` with the backbone, method, options and protocol of a tuned run (the audit still re-fits per fold)."""
+    from edgeprompt.manifest import Manifest
+
+    manifest = Manifest.read(run_dir)
+    if manifest.kind != "run":
+        from edgeprompt.errors import ArtifactError
+
+        raise ArtifactError(f"--run {run_dir} is a {manifest.kind}, not a run directory from `edgeprompt tune`")
+    return dataclasses.replace(cfg, model=manifest.backbone.model, pretrained=manifest.backbone.pretrained or "none",
+                               method=manifest.method, method_options=manifest.extra.get("method_config", {}),
+                               protocol=manifest.extra.get("protocol", cfg.protocol))
+
+
+def audit(cfg: AuditConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Score every label of ``cfg.train`` and write the report folder ``cfg.out`` (see the module docstring).
+
+    Returns:
+        The summary: sample and class counts, estimated noise rate, flagged count, the top issues, the noise
+        matrix, file paths, time.
+    """
+    from edgeprompt.train.audit_report import write_report
+
+    rep = reporter or NullReporter()
+    t0 = time.perf_counter()
+    cfg.validate()
+    if cfg.run is not None:
+        cfg = recipe_from_run(cfg, cfg.run)
+    out = Path(cfg.out)
+    inputs = {"the audited data": cfg.train}
+    check_not_inside(out, inputs)
+    if cfg.write_fixed:
+        check_not_inside(cfg.write_fixed, inputs, "--write-fixed")
+    for path in (out, Path(cfg.write_fixed) if cfg.write_fixed else None):
+        if path is not None and path.exists() and not cfg.overwrite:
+            raise ConfigError(f"{path} already exists: pass --overwrite, or choose another path")
+    build_config(cfg.method, cfg.options)
+    data = load_labeled(cfg.train, strict=cfg.strict, progress=rep.task("checking images"))
+    if min(data.counts()) < cfg.folds:
+        raise ConfigError(f"a class has only {min(data.counts())} images, fewer than --folds {cfg.folds}: lower "
+                          f"--folds or add images")
+    names = [f.name for f in dataclasses.fields(method_config_class(cfg.method))]
+    from edgeprompt.config import TuneConfig
+
+    tune_view = resolve_tune(TuneConfig(train=cfg.train, out=cfg.out, method=cfg.method,
+                                        method_options=cfg.method_options, protocol=cfg.protocol,
+                                        crop_scale=cfg.crop_scale,
+                                        train_cfg=TrainConfig(epochs=cfg.epochs, seed=cfg.seed, eval_every=0)),
+                             image_side(data.paths), names)
+    train_cfg = tune_view.train_cfg
+    method_opts = dataclasses.asdict(build_config(cfg.method, tune_view.options))
+
+    device = resolve_device(cfg.device)
+    backbone = create_backbone(cfg.model, cfg.pretrained, device)
+    method = create_method(cfg.method, backbone, list(data.classnames), **method_opts)
+    cache = FeatureCache(backbone, cfg.cache_dir)
+    aug = AugmentSpec(views=cfg.views, scale=(float(tune_view.crop_scale or 0.08), 1.0))
+    views, vtok = cache.features(data.paths, aug, method.needs_tokens, rep.task("encoding views"))
+    centre, ctok = cache.features(data.paths, None, method.needs_tokens, rep.task("encoding (centre)"))
+    feats = Features(views, centre, vtok, ctok)
+
+    given = np.asarray(data.labels)
+    fold_probs = out_of_sample_probs(cfg, data, feats, backbone, method_opts, train_cfg, rep)
+    prior = zero_shot_probs(backbone, data, centre)
+    probs = (1 - cfg.prior_weight) * fold_probs + cfg.prior_weight * prior
+    cl = confident_learning(given, probs)
+    with output_lock(out):
+        return write_report(cfg, data, probs, cl, train_cfg, time.perf_counter() - t0, rep)
