@@ -73,3 +73,21 @@ def test_get_loss_unknown_name_suggests() -> None:
 
     with pytest.raises(ConfigError, match="Did you mean 'gce'"):
         losses.get_loss("gcee")
+
+
+def test_gce_and_mae_match_their_published_closed_forms() -> None:
+    """GCE (Zhang & Sabuncu, NeurIPS 2018, eq. 6): L_q = (1 - p_y^q) / q, gradient w.r.t. the logits
+    -p_y^q (e_y - p); MAE in NLPrompt's form 1 - p_y (half the textbook L1 ||e_y - p||_1 = 2 (1 - p_y))."""
+    z = torch.randn(64, 9, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(9, (64,))
+    p = z.detach().softmax(-1)
+    p_y = p.gather(1, y[:, None]).squeeze(1)
+    onehot = torch.nn.functional.one_hot(y, 9).double()
+    for q in (0.3, 0.5, 0.7, 1.0):
+        per = losses.gce(z, y, q, reduction="none")
+        assert torch.allclose(per.double(), (1 - (p_y + 1e-6) ** q) / q, atol=1e-6)
+        (grad,) = torch.autograd.grad(per.sum(), z)
+        expected = -((p_y + 1e-6) ** (q - 1) * p_y)[:, None] * (onehot - p)  # dp_y/dz = p_y (e_y - p)
+        assert torch.allclose(grad.double(), expected, atol=1e-5)
+    l1 = (onehot - p).abs().sum(1)
+    assert torch.allclose(losses.mae(z, y, reduction="none").double(), l1 / 2, atol=1e-6)
