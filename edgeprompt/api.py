@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeprompt.config import AuditConfig, BenchConfig, ExportConfig, SweepConfig, TuneConfig
+from edgeprompt.config import AuditConfig, BenchConfig, ExportConfig, ExtractConfig, SweepConfig, TuneConfig
 from edgeprompt.progress import Reporter
 
 
@@ -76,6 +76,13 @@ def audit(cfg: AuditConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     from edgeprompt.train.audit import audit as run_audit
 
     return run_audit(cfg, reporter)
+
+
+def extract(cfg: ExtractConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Fill the feature cache for a dataset (:func:`edgeprompt.train.extract.extract`)."""
+    from edgeprompt.train.extract import extract as run_extract
+
+    return run_extract(cfg, reporter)
 
 
 def export(cfg: ExportConfig, reporter: Reporter | None = None) -> dict[str, Any]:

@@ -217,6 +217,49 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class ExtractConfig:
+    """``edgeprompt extract``: fill the feature cache for a dataset ahead of tuning, split over processes."""
+
+    data: str  # labeled folder or CSV manifest
+    model: str = "edgeprompt-tiny"
+    pretrained: str = "shapes"
+    views: int = 8  # augmented views per image (0: only the centre view)
+    crop_scale: float | None = None  # as TuneConfig.crop_scale
+    tokens: bool = False  # also cache patch tokens (VisPrompt's keys/values)
+    shard: str | None = None  # "i/n": this process takes every n-th image from the i-th; None: torchrun's RANK/WORLD
+    workers: int | None = None  # DataLoader decoding workers (None: one per spare core, at most 8)
+    batch_size: int = 64  # images per encoder call
+    device: str = "auto"
+    cache_dir: str | None = None
+
+    def validate(self) -> None:
+        _check_int("--views", self.views, 0)
+        _check_int("--batch-size", self.batch_size, 1)
+        if self.workers is not None:
+            _check_int("--workers", self.workers, 0)
+        if self.crop_scale is not None and not 0 < self.crop_scale <= 1:
+            raise ConfigError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
+        parse_shard(self.shard)
+        TrainConfig(device=self.device).validate()
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n; None -> torchrun's (RANK, WORLD_SIZE), or (0, 1) outside torchrun."""
+    import os
+
+    if text is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    i, sep, n = text.partition("/")
+    try:
+        shard = int(i), int(n)
+    except ValueError:
+        shard = (-1, 0)
+    if not sep or not 0 <= shard[0] < shard[1]:
+        raise ConfigError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. --shard 0/4")
+    return shard
+
+
+@dataclass(frozen=True)
 class TrtProfile:
     """The TensorRT optimisation profile and builder limits (one dynamic axis: the batch)."""
 

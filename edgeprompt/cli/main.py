@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from edgeprompt.cli import commands_audit, commands_deploy, commands_tune
+from edgeprompt.cli import commands_data, commands_deploy, commands_tune
 
 app = typer.Typer(
     name="edgeprompt",
@@ -17,7 +17,7 @@ app = typer.Typer(
     add_completion=False,
 )
 commands_tune.register(app)
-commands_audit.register(app)
+commands_data.register(app)
 commands_deploy.register(app)
 
 

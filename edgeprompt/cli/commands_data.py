@@ -1,4 +1,6 @@
-"""``edgeprompt audit``: which labels are wrong. Parses options, calls one api function, renders."""
+"""Dataset-level commands: ``audit`` (which labels are wrong) and ``extract`` (fill the feature cache at scale).
+
+Each parses options, calls one api function, renders."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ import typer
 
 from edgeprompt.cli.commands_tune import JSON, PROTOCOL_HELP, parse_options
 from edgeprompt.cli.ui import command, emit, pct, reporter, table
-from edgeprompt.config import AuditConfig, defaults
+from edgeprompt.config import AuditConfig, ExtractConfig, defaults
 
 _AUDIT = defaults(AuditConfig)
+_EXTRACT = defaults(ExtractConfig)
 
 
 def audit(
@@ -62,6 +65,36 @@ def audit(
     emit(result, as_json, render)
 
 
+def extract(
+    data: Annotated[Path, typer.Argument(help="Labeled folder or CSV manifest whose features to compute.")],
+    model: Annotated[str, typer.Option(help="open_clip model name.")] = _EXTRACT["model"],
+    pretrained: Annotated[str, typer.Option(help="Pretrained tag, checkpoint path, or 'shapes'.")] = _EXTRACT["pretrained"],
+    views: Annotated[int, typer.Option(help="Augmented views per image (0: only the centre view); use tune's --views.")] = _EXTRACT["views"],
+    crop_scale: Annotated[float | None, typer.Option(help="Smallest crop area of the views (default: by image size, as tune).")] = None,
+    tokens: Annotated[bool, typer.Option("--tokens", help="Also cache patch tokens (VisPrompt).")] = False,
+    shard: Annotated[str | None, typer.Option(help="This process's part, i/n (default: torchrun's RANK/WORLD_SIZE, else all).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding workers (default: one per spare core, at most 8).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per encoder call.")] = _EXTRACT["batch_size"],
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK).")] = _EXTRACT["device"],
+    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache directory (share it between processes).")] = None,
+    as_json: JSON = False,
+) -> None:
+    """Compute a dataset's frozen features into the cache ahead of tuning, split across processes or GPUs.
+
+    Example: torchrun --nproc-per-node 4 -m edgeprompt.cli.main extract data/train --model ViT-B-16 --pretrained openai
+    """
+    from edgeprompt import api
+
+    cfg = ExtractConfig(data=str(data), model=model, pretrained=pretrained, views=views, crop_scale=crop_scale,
+                        tokens=tokens, shard=shard, workers=workers, batch_size=batch_size, device=device,
+                        cache_dir=str(cache_dir) if cache_dir else None)
+    with reporter() as rep:
+        result = api.extract(cfg, rep)
+    emit(result, as_json, lambda r: table(f"features of {r['data']} (shard {r['shard']})", ["name", "value"],
+                                          [[k, v] for k, v in r.items() if not isinstance(v, (dict, list))]))
+
+
 def register(app: typer.Typer) -> None:
-    """Attach ``audit`` to ``app``."""
+    """Attach ``audit`` and ``extract`` to ``app``."""
     app.command(rich_help_panel="Tune")(command(audit))
+    app.command(rich_help_panel="Tune")(command(extract))

@@ -1,0 +1,58 @@
+"""``edgeprompt extract``: compute a dataset's frozen features into the cache before tuning, on one or many processes.
+
+Every process takes the images whose position in the content-hash order is ``i mod n`` (``--shard i/n``, or
+torchrun's RANK / WORLD_SIZE) and writes its own shards into the shared cache; any later ``tune``, ``eval``, ``sweep``
+or ``audit`` on the same backbone and views reads them all as one cache (docs/scale-out.md).
+
+    torchrun --nproc-per-node 4 -m edgeprompt.cli.main extract food101n/train --model ViT-B-16 --pretrained openai
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from edgeprompt.backbone import create_backbone
+from edgeprompt.config import COOP_CROP, SMALL_IMAGE_CROP, SMALL_IMAGE_SIDE, ExtractConfig, parse_shard
+from edgeprompt.data import load_labeled
+from edgeprompt.data.folder import image_side
+from edgeprompt.progress import NullReporter, Reporter
+from edgeprompt.train.cache import AugmentSpec, FeatureCache
+from edgeprompt.train.trainer import resolve_device
+
+
+def extract(cfg: ExtractConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Fill the feature cache with this process's share of ``cfg.data``; returns counts and images/s."""
+    import os
+
+    rep = reporter or NullReporter()
+    cfg.validate()
+    rank, world = parse_shard(cfg.shard)
+    data = load_labeled(cfg.data, check_images=True, progress=rep.task("checking images"))
+    device = cfg.device
+    if device == "auto" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process when there are GPUs
+        import torch
+
+        device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
+    backbone = create_backbone(cfg.model, cfg.pretrained, resolve_device(device))
+    cache = FeatureCache(backbone, cfg.cache_dir, batch_size=cfg.batch_size, workers=cfg.workers)
+    shas = cache.hashes.shas(data.paths)
+    order = sorted(range(len(shas)), key=lambda i: shas[i])
+    mine = [data.paths[i] for k, i in enumerate(order) if k % world == rank]
+    crop = cfg.crop_scale
+    if crop is None:
+        side = image_side(data.paths)
+        crop = SMALL_IMAGE_CROP if side is not None and side < SMALL_IMAGE_SIDE else COOP_CROP
+    t0 = time.perf_counter()
+    before = cache.misses
+    cache.features(mine, None, cfg.tokens, rep.task(f"centre views (shard {rank}/{world})"))
+    if cfg.views:
+        aug = AugmentSpec(views=cfg.views, scale=(crop, 1.0))
+        cache.features(mine, aug, cfg.tokens, rep.task(f"{cfg.views} augmented views (shard {rank}/{world})"))
+    seconds = time.perf_counter() - t0
+    encoded = cache.misses - before
+    return {"data": cfg.data, "shard": f"{rank}/{world}", "images": len(mine), "entries_encoded": encoded,
+            "entries_cached": cache.hits, "views": cfg.views, "crop_scale": crop, "seconds": round(seconds, 2),
+            "images_per_s": round(len(mine) / seconds, 1) if seconds > 0 and encoded else None,
+            "cache_dir": str(cache.dir), "config": dataclasses.asdict(cfg)}
