@@ -45,7 +45,8 @@ def _split_attention(
     to_prefix = (qs.reshape(-1, h, c * s, hd) @ kp.transpose(-1, -2)).view(-1, h, c, s, p)  # (B, H, C, S, P)
     to_self = qs @ ks.transpose(-1, -2)  # (B, H, C, S, S), causal within the suffix
     causal = torch.ones(s, s, dtype=torch.bool, device=xs.device).triu(1)
-    scores = torch.cat([to_prefix, to_self.masked_fill(causal, float("-inf"))], dim=-1) * scale
+    to_self = to_self.masked_fill(causal, float("-inf")).expand(*to_prefix.shape[:-1], s)  # a shared suffix: B
+    scores = torch.cat([to_prefix, to_self], dim=-1) * scale
     weights = scores.softmax(dim=-1)  # (B, H, C, S, P+S)
     out_s = (weights[..., :p].reshape(-1, h, c * s, p) @ vp).view(-1, h, c, s, hd) + weights[..., p:] @ vs
     out_p = out_p.transpose(1, 2).reshape(-1, p, d)
@@ -124,19 +125,57 @@ class TextEncoder(nn.Module):
         Returns:
             text features (B, C, E), not normalised.
         """
-        if suffix.dim() == 3:
-            suffix = suffix.unsqueeze(0).expand(prefix.shape[0], *suffix.shape)
-        b, c, s, _ = suffix.shape
+        if suffix.dim() == 3:  # shared by all B prompts: the first block's LN and QKV run on it once
+            suffix = suffix.unsqueeze(0)
+        s = suffix.shape[2]
         p = prefix.shape[1]
         pos = self.positional_embedding.to(prefix.dtype)
         xp = prefix + pos[:p]
         xs = suffix + pos[p : p + s]
-        for blk in self.transformer.resblocks:
+        *body, last = self.transformer.resblocks
+        for blk in body:
             ap, as_ = _split_attention(blk.attn, blk.ln_1(xp), blk.ln_1(xs))
             xp = xp + blk.ls_1(ap)
-            xs = xs + blk.ls_1(as_)
+            xs = xs + blk.ls_1(as_)  # (B, C, S, D) from here on: the attention mixed in each prompt's own prefix
             xp = xp + blk.ls_2(blk.mlp(blk.ln_2(xp)))
             xs = xs + blk.ls_2(blk.mlp(blk.ln_2(xs)))
         idx = (eot - p).to(xs.device)  # EOT position inside each class suffix, (C,)
-        x = xs[:, torch.arange(c, device=xs.device), idx]  # (B, C, D)
-        return self._project(x)
+        return self._project(_eot_block(last, xp, xs, idx))
+
+
+def _eot_block(blk: nn.Module, xp: torch.Tensor, xs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The last block, computed only where its output is read: each class's EOT row (exact, and cheaper).
+
+    Every position still supplies keys and values, but queries, the attention output, the residuals and the MLP are
+    evaluated for one row per class instead of all P + S rows of every prompt.
+
+    Args:
+        blk: the last residual attention block.
+        xp: prefix states (B, P, D).
+        xs: suffix states (B or 1, C, S, D).
+        idx: (C,) EOT position inside each suffix.
+    Returns:
+        the block's output at the EOT rows, (B, C, D).
+    """
+    attn = blk.attn
+    h = attn.num_heads
+    c, s, d = xs.shape[1], xs.shape[2], xs.shape[3]
+    p, hd = xp.shape[1], d // h
+    rows = torch.arange(c, device=xs.device)
+    _, kp, vp = (t.unflatten(-1, (h, hd)).transpose(1, 2)  # (B, H, P, hd)
+                 for t in F.linear(blk.ln_1(xp), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
+    xs_n = blk.ln_1(xs)
+    w_q, w_kv = attn.in_proj_weight.split([d, 2 * d])
+    b_q, b_kv = attn.in_proj_bias.split([d, 2 * d])
+    ks, vs = (t.unflatten(-1, (h, hd)).permute(0, 3, 1, 2, 4)  # (B, H, C, S, hd)
+              for t in F.linear(xs_n, w_kv, b_kv).chunk(2, dim=-1))
+    q = F.linear(xs_n[:, rows, idx], w_q, b_q).unflatten(-1, (h, hd)).transpose(1, 2)  # (B, H, C, hd)
+    scale = hd**-0.5
+    to_prefix = q @ kp.transpose(-1, -2)  # (B, H, C, P)
+    to_self = (q.unsqueeze(-2) @ ks.transpose(-1, -2)).squeeze(-2)  # (B, H, C, S)
+    after_eot = torch.arange(s, device=xs.device)[None, :] > idx[:, None]  # (C, S): causal for the EOT query
+    scores = torch.cat([to_prefix, to_self.masked_fill(after_eot, float("-inf"))], dim=-1) * scale
+    weights = scores.softmax(dim=-1)  # (B, H, C, P + S)
+    out = weights[..., :p] @ vp + (weights[..., p:].unsqueeze(-2) @ vs).squeeze(-2)  # (B, H, C, hd)
+    x = xs[:, rows, idx] + blk.ls_1(attn.out_proj(out.transpose(1, 2).flatten(-2)))  # (B, C, D)
+    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
