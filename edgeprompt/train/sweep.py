@@ -227,7 +227,14 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append({"method": row, **vals})
     if summary["zeroshot"] is not None:
         lines.append({"method": "zeroshot (no labels)", **dict.fromkeys(names, f"{100 * summary['zeroshot']:.1f}")})
-    return markdown_table(lines, ["method", *names]) + "\n"
+    text = markdown_table(lines, ["method", *names]) + "\n"
+    split = [{"method": row, **{n: f"{t['ot_precision']:.2f} / {t['ot_recall']:.2f}" if (t := cell.get((row, *c)))
+                                and "ot_precision" in t else "–" for n, c in zip(names, cols, strict=True)}}
+             for row in rows if any("ot_precision" in cell.get((row, *c), {}) for c in cols)]
+    if split:  # the OT clean/noisy split of the last epoch, against the known clean mask
+        text += "\nOT split, clean precision / recall (last epoch, mean over seeds):\n\n"
+        text += markdown_table(split, ["method", *names]) + "\n"
+    return text
 
 
 def write_reports(out: Path, results: list[dict[str, Any]], summary: dict[str, Any]) -> None:
