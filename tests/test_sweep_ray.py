@@ -98,6 +98,21 @@ def test_ray_sweep_gives_the_local_results_and_resumes(local_ray: Any, image_fol
     assert local_ray.is_initialized()  # a Ray the caller started is left running
 
 
+@pytest.mark.parametrize(("cpus", "threads"), [(0.5, 1), (2.0, 2)])
+def test_a_cell_task_gets_the_threads_and_gpus_it_asked_for(local_ray: Any, cpus: float, threads: int) -> None:
+    import torch
+
+    def probe(cell: dict[str, Any], cfg: SweepConfig) -> dict[str, Any]:  # pickled by value into the worker
+        return {"threads": torch.get_num_threads(), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "pid": os.getpid()}
+
+    cfg = SweepConfig(train="t", test="t", out="o", ray=True, ray_cpus=cpus)
+    with ex.make_executor(cfg) as executor:
+        ((cell, record),) = list(executor.run(probe, [{"name": "a"}], cfg))
+    assert cell == {"name": "a"} and record["pid"] != os.getpid()
+    assert record["threads"] == threads and record["cuda"] == ""  # --ray-gpus 0: no GPU, whatever the node has
+
+
 def test_a_failing_cell_on_ray_is_the_cell_s_own_one_line_error(local_ray: Any, image_folder: Path,
                                                                  cache_dir: Path, tmp_path: Path) -> None:
     from edgeprompt import api

@@ -9,6 +9,7 @@ data and the feature cache on a cluster: docs/scale-out.md.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType, TracebackType
 from typing import Any, Protocol
@@ -96,11 +97,13 @@ class RayExecutor:
 
 
 def _cell_task(fn: CellFn, cell: Cell, cfg: SweepConfig) -> Record:
-    """The body of one Ray task: torch gets as many threads as the task has whole CPUs, then the cell runs."""
+    """The body of one Ray task: the cell gets the threads and GPUs its task was given, then it runs."""
     import ray
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     _set_torch_threads(max(1, math.floor(cpus)))  # Ray's OMP_NUM_THREADS is read once, and only when unset
+    if not ray.get_gpu_ids():  # Ray leaves a node's GPUs visible to a task that asked for none: hide them
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # so device=auto trains on the CPU, as --ray-gpus 0 said
     return fn(cell, cfg)
 
 
