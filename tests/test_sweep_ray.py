@@ -92,6 +92,9 @@ def test_ray_sweep_gives_the_local_results_and_resumes(local_ray: Any, image_fol
     (gone,) = cells_dir.glob("dspt__sym-0.5__s1.*.json")
     kept = {p: p.stat().st_mtime_ns for p in cells_dir.iterdir() if p != gone}
     gone.unlink()
+    # as a cell force-killed on another node leaves it: the run directory's lock names a host that is not this one
+    run_lock = tmp_path / "ray" / "runs" / f".{gone.name.removesuffix('.json')}.lock"
+    run_lock.write_text(json.dumps({"pid": 1, "host": "another-node"}))
     again = api.sweep(ray_cfg)
     assert gone.is_file() and {p: p.stat().st_mtime_ns for p in kept} == kept
     assert again["table"] == on_ray["table"]
@@ -111,6 +114,25 @@ def test_a_cell_task_gets_the_threads_and_gpus_it_asked_for(local_ray: Any, cpus
         ((cell, record),) = list(executor.run(probe, [{"name": "a"}], cfg))
     assert cell == {"name": "a"} and record["pid"] != os.getpid()
     assert record["threads"] == threads and record["cuda"] == ""  # --ray-gpus 0: no GPU, whatever the node has
+
+
+def test_an_abandoned_run_cancels_the_cells_still_running(local_ray: Any) -> None:
+    """Ctrl-C or an error in the driver's loop closes the generator: queued and running cells are cancelled."""
+    import time
+
+    def probe(cell: dict[str, Any], cfg: SweepConfig) -> dict[str, Any]:
+        if cell["name"] != "fast":
+            time.sleep(600)  # holds its CPU until cancelled
+        return {"name": cell["name"]}
+
+    cfg = SweepConfig(train="t", test="t", out="o", ray=True, ray_cpus=1.0)
+    with ex.make_executor(cfg) as executor:
+        run = executor.run(probe, [{"name": "fast"}, {"name": "slow1"}, {"name": "slow2"}], cfg)
+        assert next(run)[1] == {"name": "fast"}
+        run.close()  # what a KeyboardInterrupt in the sweep's loop does to it
+    # both CPUs of the local Ray are free again: this task could not start while a slow cell still ran
+    both = local_ray.remote(num_cpus=2)(lambda: "ran")
+    assert local_ray.get(both.remote(), timeout=120) == "ran"
 
 
 def test_a_failing_cell_on_ray_is_the_cell_s_own_one_line_error(local_ray: Any, image_folder: Path,

@@ -92,8 +92,18 @@ class RayExecutor:
                     cell = pending.pop(ref)
                     yield cell, _get(ray, ref)
         finally:  # an error, Ctrl-C or an abandoned loop: nothing keeps running (finished cells are written)
-            for ref in pending:
-                ray.cancel(ref)
+            _cancel(ray, list(pending))
+
+
+def _cancel(ray: ModuleType, refs: list[Any], tries: int = 10) -> None:
+    """Stop tasks, running or queued. ``force``: a running task ignores the polite cancel until it ends by itself;
+    and a task that is being handed to a worker at that moment can miss a cancel, so leftovers are cancelled again."""
+    for _ in range(tries):
+        if not refs:
+            return
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        _, refs = ray.wait(refs, num_returns=len(refs), timeout=1.0)
 
 
 def _cell_task(fn: CellFn, cell: Cell, cfg: SweepConfig) -> Record:

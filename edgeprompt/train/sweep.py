@@ -32,7 +32,7 @@ from typing import Any
 from edgeprompt.config import PROTOCOLS, SweepConfig, TrainConfig, TuneConfig
 from edgeprompt.data.noise import parse_noise
 from edgeprompt.errors import ConfigError
-from edgeprompt.fileio import atomic_write_json, atomic_write_text, check_not_inside, output_lock
+from edgeprompt.fileio import atomic_write_json, atomic_write_text, check_not_inside, lock_path, output_lock
 from edgeprompt.progress import NullReporter, Reporter
 from edgeprompt.tables import csv, markdown_table
 from edgeprompt.train import run as pipeline
@@ -125,8 +125,7 @@ def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
 
 def run_cell(cell: dict[str, Any], cfg: SweepConfig) -> dict[str, Any]:
     """Tune and evaluate one cell (its run directory under ``OUT/runs``); returns the cell's record."""
-    out = Path(cfg.out)
-    run_dir = out / "runs" / f"{cell['name']}.{cell['key']}"
+    run_dir = run_dir_of(Path(cfg.out), cell)
     t_cell = time.perf_counter()
     tune_cfg = TuneConfig(
         train=cfg.train, out=str(run_dir), method=cell["method"], method_options=cell["options"],
@@ -156,6 +155,10 @@ def cell_file(out: Path, cell: dict[str, Any]) -> Path:
     return out / "cells" / f"{cell['name']}.{cell['key']}.json"
 
 
+def run_dir_of(out: Path, cell: dict[str, Any]) -> Path:
+    return out / "runs" / f"{cell['name']}.{cell['key']}"
+
+
 def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run (or resume) the sweep; returns the summary and writes tables and plots into ``cfg.out``.
 
@@ -180,6 +183,9 @@ def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None) -> dict[str, A
                 tick(len(done), len(todo), cell=cell["name"])
             else:
                 pending.append(cell)
+                # a cell killed mid-run (Ctrl-C on Ray, a lost node) can leave its run directory's lock behind,
+                # naming a host that may not run it again; holding the sweep's lock, we are its only writer
+                lock_path(run_dir_of(out, cell)).unlink(missing_ok=True)
         t0 = time.perf_counter()
         for ran, (cell, record) in enumerate(executor.run(run_cell, pending, cfg), start=1):
             atomic_write_json(cell_file(out, cell), record)
