@@ -19,6 +19,8 @@ _EXTRA = {
     "onnxruntime": "ort",
     "tensorrt": "trt",
     "matplotlib": "plot",
+    "ray": "ray",
+    "tritonclient": "triton",
 }
 
 

@@ -46,7 +46,7 @@ def predict(bundle: str | Path, images: Sequence[str | Path], *, top_k: int = 3,
 
 
 def sweep(cfg: SweepConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Run (or resume) a noise sweep (:func:`edgeprompt.train.sweep.run_sweep`)."""
+    """Run (or resume) a noise sweep, here or on Ray (:func:`edgeprompt.train.sweep.run_sweep`)."""
     from edgeprompt.train.sweep import run_sweep
 
     return run_sweep(cfg, reporter)
@@ -86,7 +86,8 @@ def extract(cfg: ExtractConfig, reporter: Reporter | None = None) -> dict[str, A
 
 
 def export(cfg: ExportConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """A run becomes a bundle, or a bundle gets its TensorRT engine (:func:`edgeprompt.export.export`)."""
+    """A run becomes a bundle, a bundle gets its TensorRT engine, and either can be written into a Triton model
+    repository (:func:`edgeprompt.export.export`)."""
     from edgeprompt.export import export as run_export
 
     return run_export(cfg, reporter)

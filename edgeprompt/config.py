@@ -147,12 +147,31 @@ class SweepConfig:
     crop_scale: float | None = None  # as TuneConfig.crop_scale
     cache_dir: str | None = None
     method_options: Options | Mapping[str, Any] = ()  # per method: {"visprompt": {"ot_warmup": 2}}; stored frozen
+    # where the cells run (none of this changes a cell's result, so none of it is in a cell's key); docs/scale-out.md
+    ray: bool = False  # False: one cell after another in this process; True: each cell is a Ray task
+    ray_address: str | None = None  # None: ray.init()'s choice ($RAY_ADDRESS, a cluster on this host, or a new one)
+    ray_cpus: float = 1.0  # logical CPUs per cell task (fractions below 1 allowed; torch gets floor(cpus) threads)
+    ray_gpus: float = 0.0  # GPUs per cell task (e.g. 0.25: four cells share one GPU)
 
     def __post_init__(self) -> None:
         _set(self, "method_options", freeze(dict(self.method_options)))
         for name in ("methods", "losses", "noise"):
             value = getattr(self, name)
             _set(self, name, (value,) if isinstance(value, str) else tuple(value))
+
+    def validate_executor(self) -> None:
+        """Check the Ray settings (Ray itself is not imported)."""
+        if not self.ray:
+            if self.ray_address is not None or (self.ray_cpus, self.ray_gpus) != (1.0, 0.0):
+                raise ConfigError("--ray-address, --ray-cpus and --ray-gpus set how cells run on Ray: add --ray")
+            return
+        for name, value, low, allowed in (("--ray-cpus", self.ray_cpus, 0.0001, "a fraction in (0, 1]"),
+                                          ("--ray-gpus", self.ray_gpus, 0.0, "0, a fraction in (0, 1]")):
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and low <= value < float("inf")
+            if not ok or (value > 1 and value != int(value)):  # Ray's rule: above 1, whole numbers only
+                raise ConfigError(f"{name} must be {allowed} or a whole number, got {value!r}")
+        if self.ray_address is not None and not self.ray_address.strip():
+            raise ConfigError("--ray-address is empty: give auto, HOST:PORT or ray://HOST:10001, or leave it out")
 
     def options_for(self, method: str) -> dict[str, Any]:
         """The overrides given for ``method`` (a dict)."""
@@ -278,6 +297,28 @@ class TrtProfile:
             raise ConfigError(f"--max-batch {self.max_batch} is over 4096, the largest batch an export supports")
 
 
+TRITON_PLATFORMS = ("auto", "onnx", "trt")
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """``edgeprompt export BUNDLE --triton REPO``: the bundle becomes ``REPO/<name>/`` for Triton Inference Server."""
+
+    repo: str  # the model repository (other models in it are left alone)
+    name: str | None = None  # model name and folder; None: the bundle folder's name
+    platform: str = "auto"  # auto (trt if the bundle has model.engine) | onnx (onnxruntime_onnx) | trt (tensorrt_plan)
+    max_batch: int | None = None  # Triton's max_batch_size; None: the bundle's profile (the engine's, for trt)
+    queue_delay_us: int = 100  # dynamic batching: how long a request may wait for others to batch with
+
+    def validate(self) -> None:
+        if self.platform not in TRITON_PLATFORMS:
+            raise ConfigError(f"--triton-platform must be one of {', '.join(TRITON_PLATFORMS)}, got "
+                              f"{self.platform!r}.{suggest(self.platform, list(TRITON_PLATFORMS))}")
+        if self.max_batch is not None:
+            _check_int("--max-batch", self.max_batch, 1)
+        _check_int("--triton-queue-delay-us", self.queue_delay_us, 0)
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """``edgeprompt export``: a run becomes a bundle (workstation), or a bundle gets its engine (target)."""
@@ -291,12 +332,15 @@ class ExportConfig:
     external_data: bool | None = None  # weights in model.onnx.data; None: only above ~1.8 GiB
     trt: bool = False  # build model.engine here (needs TensorRT and a GPU)
     profile: TrtProfile = field(default_factory=TrtProfile)
-    overwrite: bool = False
+    triton: TritonConfig | None = None  # also write a Triton model repository (docs/scale-out.md)
+    overwrite: bool = False  # replace an existing bundle, or an existing model of the same name in the Triton repo
 
     def validate(self) -> None:
         _check_int("--opset", self.opset, 1)
         _check_int("the number of check images", self.n_check, 1)
         self.profile.validate()
+        if self.triton is not None:
+            self.triton.validate()
 
 
 @dataclass(frozen=True)

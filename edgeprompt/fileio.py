@@ -93,6 +93,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def lock_path(target: str | os.PathLike[str]) -> Path:
+    """The lock file :func:`output_lock` holds for ``target``: ``.<name>.lock`` beside it."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.lock")
+
+
 @contextlib.contextmanager
 def output_lock(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Hold ``.<name>.lock`` beside ``target`` while one command writes it; a second writer is refused.
@@ -111,7 +117,7 @@ def output_lock(target: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(target)
     made = [d for d in [target.parent, *target.parent.parents] if not d.exists()]  # parents this lock creates
     target.parent.mkdir(parents=True, exist_ok=True)
-    lock = target.with_name(f".{target.name}.lock")
+    lock = lock_path(target)
     me = {"pid": os.getpid(), "host": socket.gethostname()}
     for _ in range(2):
         try:

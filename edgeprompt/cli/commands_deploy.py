@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from edgeprompt.cli.ui import command, emit, reporter, table
-from edgeprompt.config import BenchConfig, ExportConfig, TrtProfile, defaults
+from edgeprompt.config import BenchConfig, ExportConfig, TritonConfig, TrtProfile, defaults
 
 JSON = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
 
@@ -35,10 +35,12 @@ def predict(
 
 _EXPORT = defaults(ExportConfig)
 _PROFILE = TrtProfile()
+_TRITON = defaults(TritonConfig)
 _BENCH = defaults(BenchConfig)
 
 
 def export(
+    ctx: typer.Context,
     source: Annotated[Path, typer.Argument(help="Run directory (from `tune`) to export, or a bundle to build a TensorRT engine for.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Bundle directory to create (for a run directory; default RUN-bundle).")] = None,
     onnx: Annotated[bool, typer.Option("--onnx", help="Write model.onnx (always done when exporting a run; accepted for clarity).")] = True,
@@ -48,25 +50,42 @@ def export(
     n_check: Annotated[int, typer.Option(help="Tuning images in the torch/onnxruntime parity gate.")] = _EXPORT["n_check"],
     min_batch: Annotated[int, typer.Option(help="Smallest batch of the TensorRT profile.", rich_help_panel="TensorRT")] = _PROFILE.min_batch,
     opt_batch: Annotated[int, typer.Option(help="Batch TensorRT tunes for (the batch you will run).", rich_help_panel="TensorRT")] = _PROFILE.opt_batch,
-    max_batch: Annotated[int, typer.Option(help="Largest batch of the TensorRT profile.", rich_help_panel="TensorRT")] = _PROFILE.max_batch,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the TensorRT profile; with --triton, Triton's max_batch_size (default there: the bundle's profile).", rich_help_panel="TensorRT")] = _PROFILE.max_batch,
     workspace_mib: Annotated[int, typer.Option(help="TensorRT builder workspace in MiB.", rich_help_panel="TensorRT")] = _PROFILE.workspace_mib,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle (only once the new one passed).")] = False,
+    triton: Annotated[Path | None, typer.Option("--triton", help="Also write a Triton Inference Server model repository here: REPO/NAME/config.pbtxt, labels.txt, 1/model.onnx (or 1/model.plan from model.engine).", rich_help_panel="Triton", metavar="REPO")] = None,
+    triton_name: Annotated[str | None, typer.Option(help="Model name in the repository (default: the bundle folder's name).", rich_help_panel="Triton")] = None,
+    triton_platform: Annotated[str, typer.Option(help="auto (tensorrt_plan when the bundle has model.engine) | onnx (onnxruntime_onnx) | trt (tensorrt_plan).", rich_help_panel="Triton")] = _TRITON["platform"],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle, or an existing Triton model of that name (only once the new one is complete).")] = False,
     as_json: JSON = False,
 ) -> None:
     """Fold a tuned run and its frozen encoders into one ONNX graph, check it against torch, write a bundle.
 
     On the target device (Jetson or server GPU), `edgeprompt export BUNDLE --trt` builds the TensorRT engine from
     the bundle's ONNX without torch; the bundle's trtexec.sh has the equivalent trtexec command.
+    `edgeprompt export BUNDLE --triton REPO` writes the bundle as a model of a Triton model repository (no torch).
     """
     from edgeprompt import api
 
+    triton_cfg = None
+    if triton is not None:  # --max-batch overrides the bundle's profile only when it is given
+        source_of = ctx.get_parameter_source("max_batch")
+        given = source_of is not None and source_of.name == "COMMANDLINE"  # typer ships its own click
+        triton_cfg = TritonConfig(repo=str(triton), name=triton_name, platform=triton_platform,
+                                  max_batch=max_batch if given else None)
     cfg = ExportConfig(source=str(source), out=str(out) if out else None, fp16=fp16, opset=opset, n_check=n_check,
-                       trt=trt, overwrite=overwrite,
+                       trt=trt, overwrite=overwrite, triton=triton_cfg,
                        profile=TrtProfile(min_batch, opt_batch, max_batch, workspace_mib))
     with reporter() as rep:
         result = api.export(cfg, rep)
-    emit(result, as_json, lambda r: table("export", ["name", "value"],
-                                          [[k, v] for k, v in r.items() if not isinstance(v, (dict, list))]))
+
+    def render(r: dict[str, Any]) -> None:
+        rows = [[k, v] for k, v in r.items() if not isinstance(v, (dict, list)) and k != "config"]
+        table("export", ["name", "value"], rows)
+        tr = r.get("triton", r if "max_batch_size" in r else None)
+        if tr:
+            print(f"Triton model {tr['model']} in {tr['repo']}: tritonserver --model-repository={tr['repo']}")
+
+    emit(result, as_json, render)
 
 
 def bench(

@@ -159,10 +159,20 @@ def sweep(
     views: Annotated[int, typer.Option(help="Augmented views per image in the feature cache.")] = _SWEEP["views"],
     crop_scale: Annotated[float | None, typer.Option(help="Smallest random-resized-crop area (default: by image size).")] = None,
     opt: Annotated[list[str] | None, typer.Option("--opt", help="A method option for one method, METHOD.KEY=VALUE (repeatable), e.g. visprompt.ot_warmup=2.")] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache directory.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache directory (on a cluster: a path every node reaches, see docs/scale-out.md).")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Run each cell as a Ray task (needs the ray extra of edgeprompt).", rich_help_panel="Ray")] = _SWEEP["ray"],
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to use: auto, HOST:PORT or ray://HOST:10001 (implies --ray; default: $RAY_ADDRESS, a cluster on this host, or a new local one).", rich_help_panel="Ray")] = None,
+    ray_cpus: Annotated[float, typer.Option(help="CPUs per cell task (fractions below 1 allowed).", rich_help_panel="Ray")] = _SWEEP["ray_cpus"],
+    ray_gpus: Annotated[float, typer.Option(help="GPUs per cell task, e.g. 0.25 for four cells per GPU.", rich_help_panel="Ray")] = _SWEEP["ray_gpus"],
     as_json: JSON = False,
 ) -> None:
-    """Accuracy of each method as label noise grows: every (method, noise, seed) cell, mean ± std table, plot."""
+    """Accuracy of each method as label noise grows: every (method, noise, seed) cell, mean ± std table, plot.
+
+    Re-run the same command to resume. With --ray the cells run in parallel as Ray tasks, with the same cell files
+    and results.
+
+    Example: edgeprompt sweep data/train --test data/test --out sweep --ray --ray-cpus 1 --ray-gpus 0.25
+    """
     from edgeprompt import api
     from edgeprompt.config import split_list
     from edgeprompt.train.sweep import markdown
@@ -180,6 +190,7 @@ def sweep(
         losses=split_list(losses, "--losses"), noise=tuple(noise or _SWEEP["noise"]), protocol=protocol,
         shots=shots, seeds=seeds, model=model, pretrained=pretrained, epochs=epochs, views=views,
         crop_scale=crop_scale, cache_dir=str(cache_dir) if cache_dir else None, method_options=per_method,
+        ray=ray or ray_address is not None, ray_address=ray_address, ray_cpus=ray_cpus, ray_gpus=ray_gpus,
     )
     with reporter() as rep:
         result = api.sweep(cfg, rep)

@@ -2,8 +2,9 @@
 
 ``export_run`` (workstation, torch) traces the run into one ONNX graph, checks it against torch on real images and
 writes the bundle atomically. ``build_trt`` (target device, no torch) builds the TensorRT engine from the bundle's
-ONNX. ``export`` dispatches between them by what the path holds (what ``edgeprompt export PATH`` calls). All are
-imported lazily from here, so ``import edgeprompt.export`` stays cheap.
+ONNX. ``write_repository`` (anywhere, no torch) turns a bundle into a Triton Inference Server model. ``export``
+dispatches between them by what the path holds (what ``edgeprompt export PATH`` calls). All are imported lazily
+from here, so ``import edgeprompt.export`` stays cheap.
 
 >>> from edgeprompt.export import FORMATS
 >>> FORMATS["onnx"].file
@@ -86,39 +87,55 @@ def default_bundle_dir(run_dir: str | os.PathLike[str]) -> Path:
 
 
 def export(cfg: ExportConfig, reporter: Any = None) -> dict[str, Any]:
-    """``edgeprompt export PATH``: a run directory becomes a bundle; a bundle gets its TensorRT engine built here.
+    """``edgeprompt export PATH``: a run directory becomes a bundle; a bundle gets its TensorRT engine built here,
+    or a Triton model repository written from it (``cfg.triton``), or both.
 
     Args:
         cfg: What to export (see :class:`edgeprompt.config.ExportConfig`).
         reporter: A :class:`edgeprompt.progress.Reporter`.
 
     Returns:
-        The summary dict of :func:`edgeprompt.export.bundle.export_run` or :func:`edgeprompt.export.target.build_trt`.
+        The summary dict of :func:`edgeprompt.export.bundle.export_run` or :func:`edgeprompt.export.target.build_trt`,
+        with the Triton summary under ``triton``; only the Triton summary when that is all there was to do.
 
     Raises:
-        ConfigError: A bundle without ``trt`` (nothing to do), or bad options.
+        ConfigError: A bundle without ``trt`` or ``triton`` (nothing to do), or bad options.
     """
     import dataclasses
 
+    from edgeprompt.export.triton import model_dir, write_repository
     from edgeprompt.manifest import Manifest
 
     cfg.validate()
     kind = Manifest.read(cfg.source).kind
     if kind == "bundle":
-        if not cfg.trt:
+        if not cfg.trt and cfg.triton is None:
             raise ConfigError(f"{cfg.source} is already an exported bundle: pass --trt to build its TensorRT engine "
-                              f"on this device")
+                              f"on this device, or --triton REPO to write a Triton model repository")
         if cfg.out is not None:
             raise ConfigError("--out is for exporting a run; the engine of a bundle is built inside the bundle")
-        check_formats(["trt"])
-        from edgeprompt.export.target import build_trt
+        bundle = Path(cfg.source)
+        if cfg.triton is not None:  # the checks that can fail before a (minutes-long) engine build
+            model_dir(cfg.triton, bundle, cfg.overwrite, {"the bundle": bundle})
+        result: dict[str, Any] = {}
+        if cfg.trt:
+            check_formats(["trt"])
+            from edgeprompt.export.target import build_trt
 
-        return build_trt(cfg.source, fp16=cfg.fp16, profile=cfg.profile, reporter=reporter)
-    from edgeprompt.export.bundle import export_run
+            result = build_trt(cfg.source, fp16=cfg.fp16, profile=cfg.profile, reporter=reporter)
+    else:
+        from edgeprompt.export.bundle import export_run
 
-    if cfg.out is None:
-        cfg = dataclasses.replace(cfg, out=str(default_bundle_dir(cfg.source)))
-    return export_run(cfg, reporter)
+        if cfg.out is None:
+            cfg = dataclasses.replace(cfg, out=str(default_bundle_dir(cfg.source)))
+        bundle = Path(str(cfg.out))
+        if cfg.triton is not None:
+            model_dir(cfg.triton, bundle, cfg.overwrite, {"the run directory": cfg.source, "the bundle": bundle})
+        result = export_run(cfg, reporter)
+    if cfg.triton is None:
+        return result
+    triton = write_repository(bundle, cfg.triton, overwrite=cfg.overwrite)
+    return {**result, "triton": triton} if result else triton
 
 
 def __getattr__(name: str) -> Any:
@@ -131,7 +148,12 @@ def __getattr__(name: str) -> Any:
         from edgeprompt.export.target import build_trt
 
         return build_trt
+    if name == "write_repository":
+        from edgeprompt.export.triton import write_repository
+
+        return write_repository
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["FORMATS", "Format", "build_trt", "check_formats", "default_bundle_dir", "export", "export_run"]
+__all__ = ["FORMATS", "Format", "build_trt", "check_formats", "default_bundle_dir", "export", "export_run",
+           "write_repository"]

@@ -13,6 +13,8 @@ Layout of ``OUT``::
     accuracy_vs_noise_<kind>.png
 
 Zero-shot trains nothing and sees no labels, so it is evaluated once per seed and drawn as the reference line.
+Cells run one after another here, or in parallel as Ray tasks (``--ray``); either way the driver writes each cell's
+file as it finishes, so the same files, resume and results (:mod:`edgeprompt.train.executor`, docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import statistics
 import time
 from collections.abc import Sequence
@@ -29,10 +32,11 @@ from typing import Any
 from edgeprompt.config import PROTOCOLS, SweepConfig, TrainConfig, TuneConfig
 from edgeprompt.data.noise import parse_noise
 from edgeprompt.errors import ConfigError
-from edgeprompt.fileio import atomic_write_json, atomic_write_text, check_not_inside, output_lock
+from edgeprompt.fileio import atomic_write_json, atomic_write_text, check_not_inside, lock_path, output_lock
 from edgeprompt.progress import NullReporter, Reporter
 from edgeprompt.tables import csv, markdown_table
 from edgeprompt.train import run as pipeline
+from edgeprompt.train.executor import make_executor
 
 NOISE_GROUP_KINDS = ("sym", "asym")
 
@@ -121,8 +125,7 @@ def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
 
 def run_cell(cell: dict[str, Any], cfg: SweepConfig) -> dict[str, Any]:
     """Tune and evaluate one cell (its run directory under ``OUT/runs``); returns the cell's record."""
-    out = Path(cfg.out)
-    run_dir = out / "runs" / f"{cell['name']}.{cell['key']}"
+    run_dir = run_dir_of(Path(cfg.out), cell)
     t_cell = time.perf_counter()
     tune_cfg = TuneConfig(
         train=cfg.train, out=str(run_dir), method=cell["method"], method_options=cell["options"],
@@ -134,7 +137,8 @@ def run_cell(cell: dict[str, Any], cfg: SweepConfig) -> dict[str, Any]:
     ev = pipeline.evaluate(run_dir, cfg.test, cache_dir=cfg.cache_dir)
     record = {k: v for k, v in cell.items() if k != "settings"}
     record.update(top1=ev["top1"], n_test=ev["n"], n_flipped=summary["n_flipped"], epochs=summary["epochs"],
-                  tune_s=summary["time_s"], time_s=round(time.perf_counter() - t_cell, 2))
+                  tune_s=summary["time_s"], time_s=round(time.perf_counter() - t_cell, 2),
+                  ran_on={"host": socket.gethostname(), "pid": os.getpid()})  # which node and worker, on a cluster
     record.update(_ot_quality(run_dir))
     return record
 
@@ -151,35 +155,45 @@ def cell_file(out: Path, cell: dict[str, Any]) -> Path:
     return out / "cells" / f"{cell['name']}.{cell['key']}.json"
 
 
+def run_dir_of(out: Path, cell: dict[str, Any]) -> Path:
+    return out / "runs" / f"{cell['name']}.{cell['key']}"
+
+
 def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run (or resume) the sweep; returns the summary and writes tables and plots into ``cfg.out``.
 
-    A cell already computed under the same settings (its key) is read back, any other is computed; cells of
-    earlier sweeps with other settings stay on disk but never enter the tables.
+    A cell already computed under the same settings (its key) is read back, any other is computed by the executor
+    (here, or as Ray tasks: :mod:`edgeprompt.train.executor`) and written as soon as it finishes; cells of earlier
+    sweeps with other settings stay on disk but never enter the tables.
     """
     rep = reporter or NullReporter()
     out = Path(cfg.out)
     check_not_inside(out, {"the training data": cfg.train, "the test data": cfg.test})
     todo = cells(cfg)  # validates methods, noise groups and the protocol before anything is written
-    with output_lock(out):
+    executor = make_executor(cfg)
+    with output_lock(out), executor:  # Ray is reached (or refused) before the first file is written
         (out / "cells").mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "sweep.json", cfg.to_dict())
         tick = rep.task("sweep cells")
-        t0, ran = time.perf_counter(), 0
-        results = []
-        for i, cell in enumerate(todo):
-            done_file = cell_file(out, cell)
-            if done_file.is_file():
-                results.append(json.loads(done_file.read_text()))
-                tick(i + 1, len(todo), cell=cell["name"])
-                continue
-            record = run_cell(cell, cfg)
-            atomic_write_json(done_file, record)
-            results.append(record)
-            ran += 1
-            elapsed = time.perf_counter() - t0
-            tick(i + 1, len(todo), cell=cell["name"], top1=record["top1"],
-                 eta_min=round(elapsed / ran * (len(todo) - i - 1) / 60, 1))
+        done: dict[str, dict[str, Any]] = {}
+        pending = []
+        for cell in todo:
+            if cell_file(out, cell).is_file():
+                done[cell["name"]] = json.loads(cell_file(out, cell).read_text())
+                tick(len(done), len(todo), cell=cell["name"])
+            else:
+                pending.append(cell)
+                # a cell killed mid-run (Ctrl-C on Ray, a lost node) can leave its run directory's lock behind,
+                # naming a host that may not run it again; holding the sweep's lock, we are its only writer
+                lock_path(run_dir_of(out, cell)).unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        for ran, (cell, record) in enumerate(executor.run(run_cell, pending, cfg), start=1):
+            atomic_write_json(cell_file(out, cell), record)
+            done[cell["name"]] = record
+            elapsed = time.perf_counter() - t0  # wall time per finished cell: parallel cells make it shorter
+            tick(len(done), len(todo), cell=cell["name"], top1=record["top1"],
+                 eta_min=round(elapsed / ran * (len(pending) - ran) / 60, 1))
+        results = [done[c["name"]] for c in todo]  # the cells' order, however they finished
         summary = summarise(results, cfg)
         summary["wall_s"] = round(time.perf_counter() - t0, 1)
         write_reports(out, results, summary)
