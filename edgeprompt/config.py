@@ -148,6 +148,7 @@ class SweepConfig:
     cache_dir: str | None = None
     method_options: Options | Mapping[str, Any] = ()  # per method: {"visprompt": {"ot_warmup": 2}}; stored frozen
     # where the cells run (none of this changes a cell's result, so none of it is in a cell's key); docs/scale-out.md
+    jobs: int = 1  # cells at once in local worker processes (each gets cpu_count // jobs threads); not with ray
     ray: bool = False  # False: one cell after another in this process; True: each cell is a Ray task
     ray_address: str | None = None  # None: ray.init()'s choice ($RAY_ADDRESS, a cluster on this host, or a new one)
     ray_cpus: float = 1.0  # logical CPUs per cell task (fractions below 1 allowed; torch gets floor(cpus) threads)
@@ -160,7 +161,10 @@ class SweepConfig:
             _set(self, name, (value,) if isinstance(value, str) else tuple(value))
 
     def validate_executor(self) -> None:
-        """Check the Ray settings (Ray itself is not imported)."""
+        """Check the executor settings: --jobs, and Ray's (Ray itself is not imported)."""
+        _check_int("--jobs", self.jobs, 1)
+        if self.jobs > 1 and self.ray:
+            raise ConfigError("--jobs runs cells in local processes, --ray on Ray: choose one (Ray: --ray-cpus)")
         if not self.ray:
             if self.ray_address is not None or (self.ray_cpus, self.ray_gpus) != (1.0, 0.0):
                 raise ConfigError("--ray-address, --ray-cpus and --ray-gpus set how cells run on Ray: add --ray")

@@ -47,3 +47,23 @@ def test_sweep_runs_resumes_and_reports(tiny_model, image_folder, cache_dir, tmp
     again = api.sweep(cfg)
     assert [Path(c).name.rsplit(".", 1)[0] for c in calls] == ["dspt__sym-0.5__s2"]
     assert json.loads((out / "results.json").read_text())["summary"]["cells"] == again["cells"] == 10
+
+
+def test_local_worker_processes_give_the_serial_results(tiny_model, image_folder, cache_dir, tmp_path,  # noqa: ANN001
+                                                         monkeypatch) -> None:  # noqa: ANN001
+    """--jobs 2: the same cells, keys and top-1 as one after another (cells are independent and seeded)."""
+    from edgeprompt.errors import ConfigError
+    from tests.conftest import TINY_CFG
+
+    cfg_file = tmp_path / f"{tiny_model}.json"  # spawned workers learn the test's model config from the environment
+    cfg_file.write_text(json.dumps(TINY_CFG))
+    monkeypatch.setenv("EDGEPROMPT_MODEL_CONFIGS", str(cfg_file))
+
+    base = dict(train=str(image_folder), test=str(image_folder), methods=("zeroshot", "coop"), noise=("sym:0.5",),
+                shots=2, seeds=1, model=tiny_model, pretrained="none", epochs=1, views=1, cache_dir=str(cache_dir),
+                method_options={"coop": {"n_ctx": 4}})
+    serial = sw.run_sweep(sw.SweepConfig(out=str(tmp_path / "a"), **base))
+    parallel = sw.run_sweep(sw.SweepConfig(out=str(tmp_path / "b"), jobs=2, **base))
+    assert serial["table"] == parallel["table"] and serial["zeroshot"] == parallel["zeroshot"]
+    with pytest.raises(ConfigError, match="choose one"):
+        sw.run_sweep(sw.SweepConfig(out=str(tmp_path / "c"), jobs=2, ray=True, **base))

@@ -160,6 +160,7 @@ def sweep(
     crop_scale: Annotated[float | None, typer.Option(help="Smallest random-resized-crop area (default: by image size).")] = None,
     opt: Annotated[list[str] | None, typer.Option("--opt", help="A method option for one method, METHOD.KEY=VALUE (repeatable), e.g. visprompt.ot_warmup=2.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache directory (on a cluster: a path every node reaches, see docs/scale-out.md).")] = None,
+    jobs: Annotated[int, typer.Option(help="Cells at once, in local worker processes (2 on a 2-core machine is about twice as fast).")] = _SWEEP["jobs"],
     ray: Annotated[bool, typer.Option("--ray", help="Run each cell as a Ray task (needs the ray extra of edgeprompt).", rich_help_panel="Ray")] = _SWEEP["ray"],
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to use: auto, HOST:PORT or ray://HOST:10001 (implies --ray; default: $RAY_ADDRESS, a cluster on this host, or a new local one).", rich_help_panel="Ray")] = None,
     ray_cpus: Annotated[float, typer.Option(help="CPUs per cell task (fractions below 1 allowed).", rich_help_panel="Ray")] = _SWEEP["ray_cpus"],
@@ -190,7 +191,7 @@ def sweep(
         losses=split_list(losses, "--losses"), noise=tuple(noise or _SWEEP["noise"]), protocol=protocol,
         shots=shots, seeds=seeds, model=model, pretrained=pretrained, epochs=epochs, views=views,
         crop_scale=crop_scale, cache_dir=str(cache_dir) if cache_dir else None, method_options=per_method,
-        ray=ray or ray_address is not None, ray_address=ray_address, ray_cpus=ray_cpus, ray_gpus=ray_gpus,
+        jobs=jobs, ray=ray or ray_address is not None, ray_address=ray_address, ray_cpus=ray_cpus, ray_gpus=ray_gpus,
     )
     with reporter() as rep:
         result = api.sweep(cfg, rep)
