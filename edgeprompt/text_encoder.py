@@ -6,7 +6,8 @@
    ``[SOS] + M context`` tokens. Under the causal mask those positions' hidden states are identical for every class,
    so each layer computes them once (shape ``(B, P, D)``) and each class only runs its own suffix tokens
    ``(B, C, S, D)``, attending to the shared prefix keys/values. ``B`` is 1 for CoOp/DSPT (one prompt set) and the
-   image batch for VisPrompt (one prefix per image).
+   image batch for VisPrompt (one prefix per image). Classes are grouped by suffix length, so no position after a
+   class's EOT is computed, and the last block runs only at each EOT row (the only output read).
 
 Both are checked against the plain 77-token encoder in the tests (max abs diff <= 1e-5 in fp32).
 """
@@ -18,9 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    """(..., T, D) -> (..., H, T, hd), heads before the token axis."""
+    return x.unflatten(-1, (h, x.shape[-1] // h)).transpose(-3, -2)
+
+
 def _split_attention(
-    attn: nn.MultiheadAttention, xp: torch.Tensor, xs: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+    attn: nn.MultiheadAttention, xp: torch.Tensor, groups: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Causal self-attention over ``[prefix; suffix_c]`` for every class c, computing the prefix once.
 
     The suffix queries of all classes meet the shared prefix keys in one flat matmul, so the prefix keys and values
@@ -29,29 +35,28 @@ def _split_attention(
     Args:
         attn: the block's ``nn.MultiheadAttention`` (packed in-projection).
         xp: prefix, already layer-normed, (B, P, D).
-        xs: suffixes, already layer-normed, (B, C, S, D).
+        groups: suffixes, already layer-normed, one (B or 1, C_g, S_g, D) tensor per suffix length (no padding).
     Returns:
-        attention outputs for the prefix (B, P, D) and the suffixes (B, C, S, D).
+        attention outputs for the prefix (B, P, D) and for each suffix group (B, C_g, S_g, D).
     """
     h = attn.num_heads
-    _, c, s, d = xs.shape  # the batch is left as -1 below: a traced graph must not freeze it
+    d = xp.shape[-1]
     p, hd = xp.shape[1], d // h
-    qp, kp, vp = (t.unflatten(-1, (h, hd)).transpose(1, 2)  # (B, H, P, hd)
-                  for t in F.linear(xp, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
-    qs, ks, vs = (t.unflatten(-1, (h, hd)).permute(0, 3, 1, 2, 4)  # (B, H, C, S, hd)
-                  for t in F.linear(xs, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
+    qp, kp, vp = (_heads(t, h) for t in F.linear(xp, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
     out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)  # (B, H, P, hd)
-    scale = hd**-0.5
-    to_prefix = (qs.reshape(-1, h, c * s, hd) @ kp.transpose(-1, -2)).view(-1, h, c, s, p)  # (B, H, C, S, P)
-    to_self = qs @ ks.transpose(-1, -2)  # (B, H, C, S, S), causal within the suffix
-    causal = torch.ones(s, s, dtype=torch.bool, device=xs.device).triu(1)
-    to_self = to_self.masked_fill(causal, float("-inf")).expand(*to_prefix.shape[:-1], s)  # a shared suffix: B
-    scores = torch.cat([to_prefix, to_self], dim=-1) * scale
-    weights = scores.softmax(dim=-1)  # (B, H, C, S, P+S)
-    out_s = (weights[..., :p].reshape(-1, h, c * s, p) @ vp).view(-1, h, c, s, hd) + weights[..., p:] @ vs
-    out_p = out_p.transpose(1, 2).reshape(-1, p, d)
-    out_s = out_s.permute(0, 2, 3, 1, 4).reshape(-1, c, s, d)
-    return attn.out_proj(out_p), attn.out_proj(out_s)
+    outs = []
+    for xs in groups:
+        c, s = xs.shape[1], xs.shape[2]  # the batch is left as -1 below: a traced graph must not freeze it
+        qs, ks, vs = (t.unflatten(-1, (h, hd)).permute(0, 3, 1, 2, 4)  # (B, H, C, S, hd)
+                      for t in F.linear(xs, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
+        to_prefix = (qs.reshape(-1, h, c * s, hd) @ kp.transpose(-1, -2)).view(-1, h, c, s, p)  # (B, H, C, S, P)
+        causal = torch.ones(s, s, dtype=torch.bool, device=xs.device).triu(1)
+        to_self = (qs @ ks.transpose(-1, -2)).masked_fill(causal, float("-inf"))  # (B or 1, H, C, S, S)
+        to_self = to_self.expand(*to_prefix.shape[:-1], s)  # a suffix shared by all B prompts: broadcast
+        weights = (torch.cat([to_prefix, to_self], dim=-1) * hd**-0.5).softmax(dim=-1)  # (B, H, C, S, P+S)
+        out_s = (weights[..., :p].reshape(-1, h, c * s, p) @ vp).view(-1, h, c, s, hd) + weights[..., p:] @ vs
+        outs.append(attn.out_proj(out_s.permute(0, 2, 3, 1, 4).reshape(-1, c, s, d)))
+    return attn.out_proj(out_p.transpose(1, 2).reshape(-1, p, d)), outs
 
 
 def supports_prefix_sharing(blocks: nn.ModuleList) -> bool:
@@ -114,7 +119,8 @@ class TextEncoder(nn.Module):
         x = x[torch.arange(n, device=x.device), eot]  # (N, D): only the EOT rows need ln_final + projection
         return self._project(x)
 
-    def forward_shared(self, prefix: torch.Tensor, suffix: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    def forward_shared(self, prefix: torch.Tensor, suffix: torch.Tensor, eot: torch.Tensor,
+                       groups: tuple[list[list[int]], list[int]] | None = None) -> torch.Tensor:
         """Prefix-shared path: every class prompt is ``[prefix; suffix_c]``.
 
         Args:
@@ -122,60 +128,67 @@ class TextEncoder(nn.Module):
             suffix: (B, C, S, D) or (C, S, D) per-class trailing embeddings (class tokens, '.', EOT, …),
                 truncated to the longest real prompt.
             eot: (C,) EOT position in the *full* sequence (so it is >= P).
+            groups: :func:`length_groups` of the suffix lengths, precomputed (needed when traced for export: the
+                grouping must not be read from a tensor); None computes it from ``eot``.
         Returns:
             text features (B, C, E), not normalised.
         """
         if suffix.dim() == 3:  # shared by all B prompts: the first block's LN and QKV run on it once
             suffix = suffix.unsqueeze(0)
-        s = suffix.shape[2]
         p = prefix.shape[1]
+        members, order = length_groups([int(e) - p + 1 for e in eot.tolist()]) if groups is None else groups
         pos = self.positional_embedding.to(prefix.dtype)
         xp = prefix + pos[:p]
-        xs = suffix + pos[p : p + s]
+        groups = [suffix[:, m, :length] + pos[p : p + length] for m, length in zip(members, order, strict=True)]
         *body, last = self.transformer.resblocks
         for blk in body:
-            ap, as_ = _split_attention(blk.attn, blk.ln_1(xp), blk.ln_1(xs))
+            ap, outs = _split_attention(blk.attn, blk.ln_1(xp), [blk.ln_1(x) for x in groups])
             xp = xp + blk.ls_1(ap)
-            xs = xs + blk.ls_1(as_)  # (B, C, S, D) from here on: the attention mixed in each prompt's own prefix
+            groups = [x + blk.ls_1(a) for x, a in zip(groups, outs, strict=True)]  # (B, C_g, S_g, D) from here on
             xp = xp + blk.ls_2(blk.mlp(blk.ln_2(xp)))
-            xs = xs + blk.ls_2(blk.mlp(blk.ln_2(xs)))
-        idx = (eot - p).to(xs.device)  # EOT position inside each class suffix, (C,)
-        return self._project(_eot_block(last, xp, xs, idx))
+            groups = [x + blk.ls_2(blk.mlp(blk.ln_2(x))) for x in groups]
+        eot_rows = _eot_block(last, xp, groups)  # per group (B, C_g, D): the EOT is every group's last position
+        inverse = torch.tensor([c for m in members for c in m], device=suffix.device).argsort()
+        return self._project(torch.cat(eot_rows, dim=1)[:, inverse])  # classes back in their own order
 
 
-def _eot_block(blk: nn.Module, xp: torch.Tensor, xs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def length_groups(lengths: list[int]) -> tuple[list[list[int]], list[int]]:
+    """Classes grouped by suffix length (tokens up to and including EOT): (members per group, group lengths)."""
+    order = sorted(set(lengths))
+    return [[c for c, n in enumerate(lengths) if n == length] for length in order], order
+
+
+def _eot_block(blk: nn.Module, xp: torch.Tensor, groups: list[torch.Tensor]) -> list[torch.Tensor]:
     """The last block, computed only where its output is read: each class's EOT row (exact, and cheaper).
 
     Every position still supplies keys and values, but queries, the attention output, the residuals and the MLP are
-    evaluated for one row per class instead of all P + S rows of every prompt.
+    evaluated for one row per class (the last of its group's suffix) instead of all P + S rows of every prompt.
 
     Args:
         blk: the last residual attention block.
         xp: prefix states (B, P, D).
-        xs: suffix states (B or 1, C, S, D).
-        idx: (C,) EOT position inside each suffix.
+        groups: suffix states per length group, (B or 1, C_g, S_g, D), each ending at its classes' EOT.
     Returns:
-        the block's output at the EOT rows, (B, C, D).
+        the block's output at the EOT rows, one (B, C_g, D) per group.
     """
     attn = blk.attn
-    h = attn.num_heads
-    c, s, d = xs.shape[1], xs.shape[2], xs.shape[3]
+    h, d = attn.num_heads, xp.shape[-1]
     p, hd = xp.shape[1], d // h
-    rows = torch.arange(c, device=xs.device)
-    _, kp, vp = (t.unflatten(-1, (h, hd)).transpose(1, 2)  # (B, H, P, hd)
-                 for t in F.linear(blk.ln_1(xp), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
-    xs_n = blk.ln_1(xs)
     w_q, w_kv = attn.in_proj_weight.split([d, 2 * d])
     b_q, b_kv = attn.in_proj_bias.split([d, 2 * d])
-    ks, vs = (t.unflatten(-1, (h, hd)).permute(0, 3, 1, 2, 4)  # (B, H, C, S, hd)
-              for t in F.linear(xs_n, w_kv, b_kv).chunk(2, dim=-1))
-    q = F.linear(xs_n[:, rows, idx], w_q, b_q).unflatten(-1, (h, hd)).transpose(1, 2)  # (B, H, C, hd)
-    scale = hd**-0.5
-    to_prefix = q @ kp.transpose(-1, -2)  # (B, H, C, P)
-    to_self = (q.unsqueeze(-2) @ ks.transpose(-1, -2)).squeeze(-2)  # (B, H, C, S)
-    after_eot = torch.arange(s, device=xs.device)[None, :] > idx[:, None]  # (C, S): causal for the EOT query
-    scores = torch.cat([to_prefix, to_self.masked_fill(after_eot, float("-inf"))], dim=-1) * scale
-    weights = scores.softmax(dim=-1)  # (B, H, C, P + S)
-    out = weights[..., :p] @ vp + (weights[..., p:].unsqueeze(-2) @ vs).squeeze(-2)  # (B, H, C, hd)
-    x = xs[:, rows, idx] + blk.ls_1(attn.out_proj(out.transpose(1, 2).flatten(-2)))  # (B, C, D)
-    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    kp, vp = (_heads(t, h) for t in F.linear(blk.ln_1(xp), w_kv, b_kv).chunk(2, dim=-1))  # (B, H, P, hd)
+    outs = []
+    for xs in groups:
+        xs_n = blk.ln_1(xs)
+        ks, vs = (t.unflatten(-1, (h, hd)).permute(0, 3, 1, 2, 4)  # (B, H, C, S, hd)
+                  for t in F.linear(xs_n, w_kv, b_kv).chunk(2, dim=-1))
+        q = _heads(F.linear(xs_n[:, :, -1], w_q, b_q), h)  # (B, H, C, hd): the EOT query, which sees every position
+        to_prefix = q @ kp.transpose(-1, -2)  # (B, H, C, P)
+        to_self = (q.unsqueeze(-2) @ ks.transpose(-1, -2)).squeeze(-2)  # (B, H, C, S)
+        if to_self.shape[0] != to_prefix.shape[0]:  # a one-block tower: the suffix is still shared here
+            to_self = to_self.expand(*to_prefix.shape[:-1], to_self.shape[-1])
+        weights = (torch.cat([to_prefix, to_self], dim=-1) * hd**-0.5).softmax(dim=-1)  # (B, H, C, P + S)
+        out = weights[..., :p] @ vp + (weights[..., p:].unsqueeze(-2) @ vs).squeeze(-2)  # (B, H, C, hd)
+        x = xs[:, :, -1] + blk.ls_1(attn.out_proj(out.transpose(1, 2).flatten(-2)))  # (B, C, D)
+        outs.append(x + blk.ls_2(blk.mlp(blk.ln_2(x))))
+    return outs

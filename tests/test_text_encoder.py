@@ -68,3 +68,21 @@ def test_ctx_init_from_words(tiny_backbone) -> None:  # noqa: ANN001
     assert torch.equal(paper.prompt.ctx[:12], d.prompt.ctx[:12]) and not torch.equal(paper.prompt.ctx, d.prompt.ctx)
     with pytest.raises(ConfigError, match="more than --n-ctx"):
         create_method("coop", tiny_backbone, NAMES, ctx_init="a photo of a", n_ctx=2)
+
+
+def test_prefix_sharing_on_a_one_block_tower(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With a single block the suffix is still shared when the EOT-only last block runs: it must broadcast."""
+    from edgeprompt.backbone import create_backbone
+    from tests.conftest import TINY_CFG, _register
+
+    cfg = {**TINY_CFG, "text_cfg": {**TINY_CFG["text_cfg"], "layers": 1}}
+    bb = create_backbone(_register(tmp_path_factory, "ep-test-one-block", cfg), "none")
+    learner = PromptLearner(bb, NAMES, n_ctx=3)
+    with torch.no_grad():
+        learner.ctx.normal_(0, 0.1)
+        assert learner.share_prefix
+        shared = learner()
+        batch = bb.text.forward_shared(torch.cat([learner.token_prefix[:1], learner.ctx[None]], 1).repeat(3, 1, 1),
+                                       learner.token_suffix, learner.eot)
+    assert (shared - _plain_reference(learner, bb)).abs().max().item() <= TOL
+    assert batch.shape == (3, len(NAMES), shared.shape[-1]) and torch.allclose(batch[2], shared, atol=TOL)

@@ -14,6 +14,7 @@ from torch import nn
 
 from edgeprompt.backbone import FrozenCLIP
 from edgeprompt.errors import ConfigError
+from edgeprompt.text_encoder import length_groups
 
 POSITIONS = ("end", "middle", "front")
 
@@ -73,6 +74,8 @@ class PromptLearner(nn.Module):
         self.register_buffer("token_prefix", emb[:, :1].clone(), persistent=False)  # (C, 1, D) [SOS]
         self.register_buffer("token_suffix", emb[:, 1 + n_ctx :].clone(), persistent=False)  # (C, S, D) name . EOT
         self.register_buffer("eot", eot, persistent=False)  # (C,)
+        # suffix lengths (name . EOT) by class, grouped: Python ints, so an export trace never reads them off a tensor
+        self.suffix_groups = length_groups([int(e) - n_ctx for e in eot.tolist()])
         self.name_lens = name_lens
         self.share_prefix = share_prefix and position == "end" and not class_specific and backbone.text.can_share_prefix
 
@@ -99,5 +102,5 @@ class PromptLearner(nn.Module):
         """Class text features (C, E), not normalised."""
         if self.share_prefix:
             prefix = torch.cat([self.token_prefix[:1], self.ctx.unsqueeze(0)], dim=1)  # (1, 1+M, D)
-            return self.text.forward_shared(prefix, self.token_suffix, self.eot)[0]
+            return self.text.forward_shared(prefix, self.token_suffix, self.eot, self.suffix_groups)[0]
         return self.text(self.assemble(), self.eot)

@@ -216,7 +216,8 @@ class VisPrompt(PromptMethod):
         # (B, 1, D): [SOS] is the same for every class; expand_as keeps the batch symbolic when traced for export
         sos = p.token_prefix[:1].to(ctx.dtype).expand_as(ctx[:, :1])
         if p.share_prefix:
-            return p.text.forward_shared(torch.cat([sos, ctx], dim=1), p.token_suffix.to(ctx.dtype), p.eot)
+            return p.text.forward_shared(torch.cat([sos, ctx], dim=1), p.token_suffix.to(ctx.dtype), p.eot,
+                                         p.suffix_groups)
         # fallback for towers without prefix sharing: B·C truncated sequences
         emb = torch.cat([sos.unsqueeze(1).expand(-1, n_cls, -1, -1), ctx.unsqueeze(1).expand(-1, n_cls, -1, -1),
                          p.token_suffix.unsqueeze(0).expand(b, -1, -1, -1).to(ctx.dtype)], dim=2)  # (B, C, L, D)
