@@ -26,6 +26,8 @@ from edgeprompt.methods.ot import ot_split, split_quality
 from edgeprompt.methods.prompt_learner import PromptLearner
 
 KV_SOURCES = ("tokens", "pooled")
+OT_VIEWS = ("centre", "augmented")
+NOISY_TARGETS = ("given", "ot")
 RESIDUALS = ("blend", "add")
 
 
@@ -57,6 +59,8 @@ class VisPromptConfig:
     ot_eps: float = 0.01  # Sinkhorn entropic regularisation
     ot_iters: int = 1000  # Sinkhorn iteration cap
     ot_warmup: int = 0  # epochs of plain CE before the first OT split (0 = the released schedule)
+    ot_views: str = "centre"  # the split scores centre views (ours) | augmented (one random cached view, released)
+    noisy_target: str = "given"  # GCE on OT-noisy samples towards their given label (released) | ot (pseudo-label)
 
     def validate(self) -> None:
         if self.kv not in KV_SOURCES:
@@ -69,6 +73,10 @@ class VisPromptConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.gce_q <= 1.0:
             raise ConfigError(f"gce_q must be in (0, 1], got {self.gce_q}")
+        for name, value, allowed in (("ot_views", self.ot_views, OT_VIEWS), ("noisy_target", self.noisy_target,
+                                                                              NOISY_TARGETS)):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.ot_eps <= 0 or self.ot_iters < 1 or self.ot_warmup < 0:
             raise ConfigError("need ot_eps > 0, ot_iters >= 1 and ot_warmup >= 0")
 
@@ -189,6 +197,7 @@ class VisPrompt(PromptMethod):
                                      cfg.zero_init)
         self.scale = backbone.logit_scale
         self._clean: torch.Tensor | None = None  # (N,) bool OT split of the current epoch; None = CE everywhere
+        self._pseudo: torch.Tensor | None = None  # (N,) the OT plan's labels of the current epoch
 
     @property
     def needs_tokens(self) -> bool:  # type: ignore[override]  # depends on the config (kv)
@@ -232,7 +241,10 @@ class VisPrompt(PromptMethod):
         if self._clean is None or batch.index is None:
             return {"loss": ce_i.mean()}
         clean = self._clean.to(logits.device)[batch.index.to(logits.device)]  # (B,) bool
-        gce_i = gce(logits, target, self.cfg.gce_q, reduction="none")
+        noisy_to = target
+        if self.cfg.noisy_target == "ot" and self._pseudo is not None:
+            noisy_to = self._pseudo.to(logits.device)[batch.index.to(logits.device)]
+        gce_i = gce(logits, noisy_to, self.cfg.gce_q, reduction="none")
         return {"loss": torch.where(clean, ce_i, gce_i).mean(), "clean_frac": clean.float().mean()}
 
     def epoch_start(self, ctx: dict[str, Any]) -> dict[str, float]:
@@ -241,15 +253,20 @@ class VisPrompt(PromptMethod):
         if not self.cfg.ot or ctx.get("epoch", 0) < self.cfg.ot_warmup:
             self._clean = None
             return {}
-        pooled = data.eval_pooled if data.eval_pooled is not None else data.pooled[:, 0]
-        tokens = None
-        if self.needs_tokens:
-            tokens = data.eval_tokens if data.eval_tokens is not None else data.tokens[:, 0]
+        if self.cfg.ot_views == "centre" and data.eval_pooled is not None:
+            pooled, tokens = data.eval_pooled, data.eval_tokens if self.needs_tokens else None
+        else:  # one random cached view per sample, as the released code scores its augmented training loader
+            g = torch.Generator().manual_seed(int(ctx.get("epoch", 0)))
+            view = torch.randint(data.pooled.shape[1], (len(data.pooled),), generator=g)
+            rows = torch.arange(len(data.pooled))
+            pooled = data.pooled[rows, view]
+            tokens = data.tokens[rows, view] if self.needs_tokens and data.tokens is not None else None
         logits = batched_logits(self, pooled, tokens)  # (N, C), eval mode
         device = ctx.get("device") or logits.device
         given = data.labels.to(device)
         clean, pseudo, info = ot_split(logits.to(device).log_softmax(-1), given, self.cfg.ot_eps, self.cfg.ot_iters)
         self._clean = clean
+        self._pseudo = pseudo
         metrics = {"ot_clean_frac": info["clean_frac"], "ot_iters": float(info["iterations"]),
                    "ot_converged": float(info["converged"]), "ot_err": info["err_rows"]}
         if data.true_labels is not None:
