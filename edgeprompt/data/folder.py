@@ -212,7 +212,7 @@ def _finish(paths: list[Path], labels: list[int], names: Sequence[str], root: Pa
     if empty:
         log.warning("no usable images for class(es) %s in %s; ignoring them", ", ".join(map(repr, empty)), where)
         problems.extend((n, "no usable images") for n in empty)
-        new_index = {}
+        new_index: dict[int, int] = {}
         for i, c in enumerate(counts):
             if c:
                 new_index[i] = len(new_index)
