@@ -8,7 +8,16 @@ from typing import Annotated, Any
 import typer
 
 from edgeprompt.cli.ui import command, emit, reporter, table
-from edgeprompt.config import BenchConfig, ExportConfig, TrtProfile, defaults
+from edgeprompt.config import (
+    INT8_CALIBRATORS,
+    INT8_FLOAT_GROUPS,
+    INT8_QUANTIZERS,
+    BenchConfig,
+    ExportConfig,
+    Int8Config,
+    TrtProfile,
+    defaults,
+)
 
 JSON = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
 
@@ -35,6 +44,7 @@ def predict(
 
 _EXPORT = defaults(ExportConfig)
 _PROFILE = TrtProfile()
+_INT8 = defaults(Int8Config)
 _BENCH = defaults(BenchConfig)
 
 
@@ -50,6 +60,15 @@ def export(
     opt_batch: Annotated[int, typer.Option(help="Batch TensorRT tunes for (the batch you will run).", rich_help_panel="TensorRT")] = _PROFILE.opt_batch,
     max_batch: Annotated[int, typer.Option(help="Largest batch of the TensorRT profile.", rich_help_panel="TensorRT")] = _PROFILE.max_batch,
     workspace_mib: Annotated[int, typer.Option(help="TensorRT builder workspace in MiB.", rich_help_panel="TensorRT")] = _PROFILE.workspace_mib,
+    int8: Annotated[bool, typer.Option("--int8", help="model.onnx becomes a calibrated INT8 Q/DQ graph (model.fp32.onnx kept beside it), gated on held-out agreement with FP32.", rich_help_panel="INT8")] = _EXPORT["int8"],
+    calib: Annotated[Path | None, typer.Option(help="Calibration image folder (default: the run's tuning images, centre views).", rich_help_panel="INT8")] = _INT8["calib"],
+    calib_n: Annotated[int, typer.Option(help="Calibrate on at most this many images.", rich_help_panel="INT8")] = _INT8["calib_n"],
+    calib_method: Annotated[str, typer.Option(help=f"Calibrator: {' | '.join(INT8_CALIBRATORS)}.", rich_help_panel="INT8")] = _INT8["calib_method"],
+    int8_quantizer: Annotated[str, typer.Option(help=f"Who places the Q/DQ nodes: {' | '.join(INT8_QUANTIZERS)} (docs/int8.md).", rich_help_panel="INT8")] = _INT8["quantizer"],
+    int8_float: Annotated[str, typer.Option(help=f"Comma-separated node groups left in float: {', '.join(INT8_FLOAT_GROUPS)} ('' for none).", rich_help_panel="INT8")] = ",".join(_INT8["keep_float"]),
+    int8_check: Annotated[Path | None, typer.Option(help="Labeled held-out folder for the INT8 gate (default: run images not used to calibrate).", rich_help_panel="INT8")] = _INT8["check"],
+    int8_check_n: Annotated[int, typer.Option(help="Held-out images in the INT8 gate.", rich_help_panel="INT8")] = _INT8["n_check"],
+    int8_min_agreement: Annotated[float, typer.Option(help="Refuse the bundle below this INT8/FP32 top-1 agreement on held-out images.", rich_help_panel="INT8")] = _INT8["min_agreement"],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle (only once the new one passed).")] = False,
     as_json: JSON = False,
 ) -> None:
@@ -59,14 +78,27 @@ def export(
     the bundle's ONNX without torch; the bundle's trtexec.sh has the equivalent trtexec command.
     """
     from edgeprompt import api
+    from edgeprompt.config import split_list
 
+    groups = split_list(int8_float, "--int8-float", choices=INT8_FLOAT_GROUPS) if int8_float.strip() else ()
+    quant = Int8Config(calib=str(calib) if calib else None, calib_n=calib_n, calib_method=calib_method,
+                       quantizer=int8_quantizer, keep_float=groups, check=str(int8_check) if int8_check else None,
+                       n_check=int8_check_n, min_agreement=int8_min_agreement)
     cfg = ExportConfig(source=str(source), out=str(out) if out else None, fp16=fp16, opset=opset, n_check=n_check,
-                       trt=trt, overwrite=overwrite,
+                       trt=trt, overwrite=overwrite, int8=int8, quant=quant,
                        profile=TrtProfile(min_batch, opt_batch, max_batch, workspace_mib))
     with reporter() as rep:
         result = api.export(cfg, rep)
-    emit(result, as_json, lambda r: table("export", ["name", "value"],
-                                          [[k, v] for k, v in r.items() if not isinstance(v, (dict, list))]))
+    def render(r: dict[str, Any]) -> None:
+        rows = [[k, v] for k, v in r.items() if not isinstance(v, (dict, list))]
+        if r.get("int8"):
+            g = r["int8"]
+            change = "–" if g["top1_change"] is None else f"{100 * g['top1_change']:+.2f} pt"
+            rows += [["int8 agreement", f"{100 * g['top1_agreement']:.2f} % of {g['n']} held-out"],
+                     ["int8 top-1 change", change]]
+        table("export", ["name", "value"], rows)
+
+    emit(result, as_json, render)
 
 
 def bench(
