@@ -24,6 +24,7 @@ import numpy as np
 
 from edgeprompt.config import INT8_FLOAT_GROUPS, Int8Config
 from edgeprompt.errors import DataError, ExportError
+from edgeprompt.manifest import IOSpec, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def gate(fp32_logits: np.ndarray, int8_logits: np.ndarray, labels: np.ndarray, c
     return numbers
 
 
-def build_int8(fp32: Path, out: Path, run_dir: Path, classnames: tuple[str, ...], spec: Any, io: Any,
+def build_int8(fp32: Path, out: Path, run_dir: Path, classnames: tuple[str, ...], spec: PreprocessSpec, io: IOSpec,
                cfg: Int8Config, threads: int | None = None) -> dict[str, Any]:
     """Calibrate, quantize ``fp32`` into ``out`` and gate it; returns the manifest's ``int8`` section.
 
@@ -199,8 +200,8 @@ def build_int8(fp32: Path, out: Path, run_dir: Path, classnames: tuple[str, ...]
         out: Where the Q/DQ graph goes.
         run_dir: The tuned run (its tuning split and training folder).
         classnames: The run's classes (held-out labels are matched to them).
-        spec: The deployment :class:`~edgeprompt.manifest.PreprocessSpec` (normalisation in the graph).
-        io: The graph's :class:`~edgeprompt.manifest.IOSpec`.
+        spec: The deployment preprocessing (normalisation in the graph).
+        io: The graph's inputs and outputs.
         cfg: Calibration, quantizer, keep-float groups, gate.
         threads: onnxruntime intra-op threads for the gate.
 

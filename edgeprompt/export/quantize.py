@@ -126,9 +126,10 @@ def activation_ranges(model_path: Path, pixels: np.ndarray, method: str, work: P
 
     kind = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
             "entropy": CalibrationMethod.Entropy}[method]
+    # onnxruntime's own bin counts: 2048 for percentile; entropy searches thresholds over 128 (more is quadratic)
+    options = {"symmetric": True, **({"percentile": PERCENTILE, "num_bins": 2048} if method == "percentile" else {})}
     calibrator = create_calibrator(model_path, list(CALIB_OPS), augmented_model_path=str(work / "augmented.onnx"),
-                                   calibrate_method=kind, extra_options={"symmetric": True, "percentile": PERCENTILE,
-                                                                         "num_bins": 2048})
+                                   calibrate_method=kind, extra_options=options)
     name = onnx.load(str(model_path), load_external_data=False).graph.input[0].name
     for i in range(0, len(pixels), chunk):
         calibrator.collect_data(_Chunks(name, pixels[i:i + chunk], chunk))
@@ -237,10 +238,8 @@ def quantize_int8(fp32: str | os.PathLike[str], out: str | os.PathLike[str], pix
         (Path(tmp) / "cfg.json").write_text(json.dumps(dataclasses.asdict(cfg)))
         cmd = [sys.executable, "-m", "edgeprompt.export.quantize", str(fp32), str(out), str(Path(tmp) / "pixels.npy"),
                str(Path(tmp) / "cfg.json"), str(Path(tmp) / "info.json")]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
-                                                                       os.environ.get("PYTHONPATH")]))}
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S, env=env)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S)
         except subprocess.TimeoutExpired as e:
             raise ExportError(f"INT8 quantization took over {_TIMEOUT_S} s: use fewer --calib-n images") from e
         log.debug("quantizer child output:\n%s%s", proc.stdout[-4000:], proc.stderr[-4000:])
