@@ -9,6 +9,7 @@ back into dicts by ``to_dict``.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,6 +21,9 @@ C = TypeVar("C")
 Options = tuple[tuple[str, Any], ...]  # a frozen {name: value} mapping
 OPTIMIZERS = ("sgd", "adamw")
 BENCH_BACKENDS = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")  # torch: the workstation reference
+INT8_QUANTIZERS = ("modelopt", "ort")  # who places the Q/DQ nodes (docs/int8.md compares them)
+INT8_CALIBRATORS = ("minmax", "percentile", "entropy")
+INT8_FLOAT_GROUPS = ("head", "attention", "residual", "patch")  # node groups that can stay in float (docs/int8.md)
 
 
 def freeze(value: Any) -> Any:
@@ -324,6 +328,40 @@ class TritonConfig:
 
 
 @dataclass(frozen=True)
+class Int8Config:
+    """How ``export --int8`` calibrates, quantizes and gates the Q/DQ graph (why these defaults: docs/int8.md)."""
+
+    calib: str | None = None  # calibration image folder; None: the run's own tuning images (centre views)
+    calib_n: int = 256  # calibrate on at most this many images, spread evenly over the source
+    calib_method: str = "percentile"  # minmax | percentile (99.999 %) | entropy
+    quantizer: str = "modelopt"  # modelopt (TensorRT's placement) | ort (onnxruntime's quantize_static)
+    keep_float: tuple[str, ...] = ("head", "attention")  # node groups left in float (INT8_FLOAT_GROUPS)
+    check: str | None = None  # labeled held-out folder for the gate; None: run images not used for calibration
+    n_check: int = 256  # held-out images in the agreement gate
+    min_agreement: float = 0.99  # refuse the bundle when INT8 top-1 agrees with FP32 on fewer held-out images
+
+    def __post_init__(self) -> None:
+        kf = self.keep_float
+        _set(self, "keep_float", (kf,) if isinstance(kf, str) else tuple(kf))
+
+    def validate(self) -> None:
+        for name, value, choices in (("--calib-method", self.calib_method, INT8_CALIBRATORS),
+                                     ("--int8-quantizer", self.quantizer, INT8_QUANTIZERS)):
+            if value not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}."
+                                  f"{suggest(str(value), list(choices))}")
+        for g in self.keep_float:
+            if g not in INT8_FLOAT_GROUPS:
+                raise ConfigError(f"--int8-float: unknown group {g!r}.{suggest(str(g), list(INT8_FLOAT_GROUPS))} "
+                                  f"Choose from {', '.join(INT8_FLOAT_GROUPS)}")
+        _check_int("--calib-n", self.calib_n, 1)
+        _check_int("--int8-check-n", self.n_check, 1)
+        m = self.min_agreement
+        if isinstance(m, bool) or not isinstance(m, int | float) or not 0 <= m <= 1:
+            raise ConfigError(f"--int8-min-agreement must be a fraction in [0, 1] (0.99 = 99 %), got {m!r}")
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     """``edgeprompt export``: a run becomes a bundle (workstation), or a bundle gets its engine (target)."""
 
@@ -337,6 +375,8 @@ class ExportConfig:
     trt: bool = False  # build model.engine here (needs TensorRT and a GPU)
     profile: TrtProfile = field(default_factory=TrtProfile)
     triton: TritonConfig | None = None  # also write a Triton model repository (docs/scale-out.md)
+    int8: bool = False  # model.onnx is a calibrated Q/DQ graph (model.fp32.onnx kept beside it); see quant
+    quant: Int8Config = field(default_factory=Int8Config)  # calibration, quantizer and gate of --int8
     overwrite: bool = False  # replace an existing bundle, or an existing model of the same name in the Triton repo
 
     def validate(self) -> None:
@@ -345,6 +385,17 @@ class ExportConfig:
         self.profile.validate()
         if self.triton is not None:
             self.triton.validate()
+        self.quant.validate()
+        if self.int8 and self.fp16:
+            raise ConfigError("choose --int8 or --fp16, not both: an INT8 bundle already builds its float layers in "
+                              "FP16 on TensorRT 10 (--int8 --fp16 in trtexec.sh)")
+        if self.int8 and self.external_data:
+            raise ConfigError("--int8 writes single-file graphs: drop --external-data (graphs over 2 GiB cannot be "
+                              "quantized here)")
+        if self.int8:
+            for flag, folder in (("--calib", self.quant.calib), ("--int8-check", self.quant.check)):
+                if folder is not None and not os.path.isdir(folder):
+                    raise ConfigError(f"{flag} {folder}: no such folder")
 
 
 @dataclass(frozen=True)

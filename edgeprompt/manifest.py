@@ -22,6 +22,7 @@ from edgeprompt.version import __version__
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 ONNX_FILE = "model.onnx"  # bundle files, named once for the exporter, the engine builder and every runtime
+ONNX_FP32_FILE = "model.fp32.onnx"  # an INT8 bundle keeps its FP32 graph for reference (bench, re-quantizing)
 ENGINE_FILE = "model.engine"  # a raw TensorRT plan: never prefixed with metadata (the manifest is the sidecar)
 
 # Tensor names, defined once (house rule 5).

@@ -268,3 +268,30 @@ def test_trt_runtime_data_flow_with_fakes(tmp_path: Path, monkeypatch: pytest.Mo
     np.testing.assert_allclose(out["probs"], ref["probs"], atol=1e-6)
     runtime.close()
     runtime.close()  # idempotent
+
+
+def test_int8_bundles_build_explicitly_quantized() -> None:
+    """A Q/DQ graph: TensorRT 10 gets INT8 + FP16 (the float layers), TensorRT 11 strongly typed, no calibrator."""
+    p10, p11 = precision_plan(False, "10.3.0.30", int8=True), precision_plan(True, "11.4.0", int8=True)
+    assert p10["network"] == "weakly-typed" and p10["builder_flags"] == ["INT8", "FP16"] and p10["requested"] == "int8"
+    assert p11["network"] == "strongly-typed" and p11["builder_flags"] == [] and not p11["onnx_must_be_fp16"]
+    cmd10 = trtexec_command("m.onnx", "m.engine", IO, trt_major=10, int8=True)
+    assert {"--int8", "--fp16"} <= set(cmd10) and "--stronglyTyped" not in cmd10
+    assert not any(a.startswith("--calib") for a in cmd10)  # the scales are in the graph
+    cmd11 = trtexec_command("m.onnx", "m.engine", IO, trt_major=11, int8=True)
+    assert "--stronglyTyped" in cmd11 and not PRECISION_FLAGS & set(cmd11)
+
+
+def test_int8_trtexec_script(tmp_path: Path) -> None:
+    text = write_trtexec_script(tmp_path, IO, int8=True).read_text()
+    assert "--int8 --fp16" in text and "--stronglyTyped" in text and "has no --fp16" not in text
+    if shutil.which("bash"):
+        assert subprocess.run(["bash", "-n", str(tmp_path / "trtexec.sh")], check=False).returncode == 0
+
+
+def test_inspector_reports_int8_engines() -> None:
+    info = {"Layers": [{"Outputs": [{"Format/Datatype": "Channel major INT8 format"}]},
+                       {"Outputs": [{"Format/Datatype": "Row major linear FP16 format"}]},
+                       {"Outputs": [{"Format/Datatype": "Row major linear FP32"}]}]}
+    s = _summarise_inspector(info, "10.3.0")
+    assert s["precision"] == "int8" and s["output_formats"] == {"int8": 1, "fp16": 1, "fp32": 1}

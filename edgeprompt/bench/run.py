@@ -21,7 +21,7 @@ from edgeprompt.bench.report import environment, markdown_table
 from edgeprompt.config import BENCH_BACKENDS, BenchConfig
 from edgeprompt.errors import ConfigError, EdgePromptError
 from edgeprompt.fileio import atomic_write_json, atomic_write_text, check_not_inside
-from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, Manifest
+from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, ONNX_FP32_FILE, Manifest
 from edgeprompt.progress import NullReporter, Reporter
 from edgeprompt.registry import suggest
 from edgeprompt.runtime.base import input_shape
@@ -56,10 +56,11 @@ def backend_status(bundle: Path, names: Sequence[str], reference: Callable[[Path
     return out
 
 
-def _size_mb(bundle: Path, name: str, manifest: Manifest) -> float | None:
+def _size_mb(bundle: Path, name: str, manifest: Manifest, fp32_graph: bool = False) -> float | None:
     if name == "torch":
         return None  # torch runs the source run's modules, not a file of the bundle
-    files = [ENGINE_FILE] if name == "trt" else [f for f in manifest.files if f.startswith(ONNX_FILE)]
+    files = [ENGINE_FILE] if name == "trt" else [ONNX_FP32_FILE] if fp32_graph else \
+        [f for f in manifest.files if f.startswith(ONNX_FILE)]
     return round(sum((bundle / f).stat().st_size for f in files if (bundle / f).is_file()) / 2**20, 2)
 
 
@@ -146,12 +147,16 @@ def bench(cfg: BenchConfig, reporter: Reporter | None = None,
         why = "; ".join(f"{b}: {r}" for b, r in status.items())
         raise ConfigError(f"none of the requested backends can run here ({why})")
     precision = manifest.extra.get("export", {}).get("precision", "fp32")
+    # (backend, the bundle's FP32 reference graph instead of model.onnx)
+    jobs = [(b, True) for b in usable if _fp32_graph_row(bundle, b, precision)]
+    jobs = sorted([*jobs, *((b, False) for b in usable)], key=lambda j: usable.index(j[0]))
     rows: list[dict[str, Any]] = []
     reference_pred: np.ndarray | None = None
     tick = rep.task("benchmarking")
-    for k, name in enumerate(usable):
+    for k, (name, fp32_graph) in enumerate(jobs):
         try:
-            runtime = reference(bundle) if name == "torch" and reference else load_runtime(bundle, name)
+            runtime = (reference(bundle) if name == "torch" and reference else _load_fp32(bundle, manifest, name)
+                       if fp32_graph else load_runtime(bundle, name))
         except EdgePromptError as e:  # e.g. a GPU provider that fell back to CPU
             status[name] = str(e)
             continue
@@ -165,15 +170,17 @@ def bench(cfg: BenchConfig, reporter: Reporter | None = None,
             for b in cfg.batches:
                 lat = measure_latency(runtime, b, warmup=cfg.warmup, iters=cfg.iters, seconds=cfg.seconds)
                 rows.append({
-                    "backend": name, "provider": runtime.provider, "status": "ok", "precision": precision,
-                    "size_mb": _size_mb(bundle, name, manifest), "batch": b, "top1": acc, "agreement": agree,
+                    "backend": name, "provider": runtime.provider, "status": "ok",
+                    "precision": "fp32" if fp32_graph else precision, "size_mb": _size_mb(bundle, name, manifest,
+                                                                                           fp32_graph),
+                    "batch": b, "top1": acc, "agreement": agree,
                     "p50_ms": lat.p50_ms, "p90_ms": lat.p90_ms, "p99_ms": lat.p99_ms, "mean_ms": lat.mean_ms,
                     "img_per_s": lat.throughput, "iters": lat.iters,
                     "e2e_p50_ms": _e2e(runtime, manifest, paths, b, cfg.e2e_iters),
                 })
         finally:
             runtime.close()
-        tick(k + 1, len(usable), backend=name)
+        tick(k + 1, len(jobs), backend=name)
     if not rows:
         why = "; ".join(f"{b}: {r}" for b, r in status.items() if r)
         raise ConfigError(f"no backend could load the bundle ({why})")
@@ -186,6 +193,18 @@ def bench(cfg: BenchConfig, reporter: Reporter | None = None,
         atomic_write_json(out / "bench.json", result)
         atomic_write_text(out / "bench.md", report_markdown(result))
     return result
+
+
+def _fp32_graph_row(bundle: Path, backend: str, precision: str) -> bool:
+    """An INT8 bundle's FP32 reference graph is timed on the onnxruntime backends (see the module docstring)."""
+    return precision == "int8" and backend.startswith("ort-") and (bundle / ONNX_FP32_FILE).is_file()
+
+
+def _load_fp32(bundle: Path, manifest: Manifest, backend: str) -> Any:
+    from edgeprompt.runtime.onnxrt import OrtRuntime
+
+    assert manifest.io is not None  # read_bundle_manifest checks it
+    return OrtRuntime(bundle / ONNX_FP32_FILE, manifest.io, backend)
 
 
 def report_markdown(result: dict[str, Any]) -> str:

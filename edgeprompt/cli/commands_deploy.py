@@ -8,7 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from edgeprompt.cli.ui import command, emit, reporter, table
-from edgeprompt.config import BenchConfig, ExportConfig, TritonConfig, TrtProfile, defaults
+from edgeprompt.config import (
+    INT8_CALIBRATORS,
+    INT8_FLOAT_GROUPS,
+    INT8_QUANTIZERS,
+    BenchConfig,
+    ExportConfig,
+    Int8Config,
+    TritonConfig,
+    TrtProfile,
+    defaults,
+)
 
 JSON = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
 
@@ -36,6 +46,7 @@ def predict(
 _EXPORT = defaults(ExportConfig)
 _PROFILE = TrtProfile()
 _TRITON = defaults(TritonConfig)
+_INT8 = defaults(Int8Config)
 _BENCH = defaults(BenchConfig)
 
 
@@ -55,6 +66,15 @@ def export(
     triton: Annotated[Path | None, typer.Option("--triton", help="Also write a Triton Inference Server model repository here: REPO/NAME/config.pbtxt, labels.txt, 1/model.onnx (or 1/model.plan from model.engine).", rich_help_panel="Triton", metavar="REPO")] = None,
     triton_name: Annotated[str | None, typer.Option(help="Model name in the repository (default: the bundle folder's name).", rich_help_panel="Triton")] = None,
     triton_platform: Annotated[str, typer.Option(help="auto (tensorrt_plan when the bundle has model.engine) | onnx (onnxruntime_onnx) | trt (tensorrt_plan).", rich_help_panel="Triton")] = _TRITON["platform"],
+    int8: Annotated[bool, typer.Option("--int8", help="model.onnx becomes a calibrated INT8 Q/DQ graph (model.fp32.onnx kept beside it), gated on held-out agreement with FP32.", rich_help_panel="INT8")] = _EXPORT["int8"],
+    calib: Annotated[Path | None, typer.Option(help="Calibration image folder (default: the run's tuning images, centre views).", rich_help_panel="INT8")] = _INT8["calib"],
+    calib_n: Annotated[int, typer.Option(help="Calibrate on at most this many images.", rich_help_panel="INT8")] = _INT8["calib_n"],
+    calib_method: Annotated[str, typer.Option(help=f"Calibrator: {' | '.join(INT8_CALIBRATORS)}.", rich_help_panel="INT8")] = _INT8["calib_method"],
+    int8_quantizer: Annotated[str, typer.Option(help=f"Who places the Q/DQ nodes: {' | '.join(INT8_QUANTIZERS)} (docs/int8.md).", rich_help_panel="INT8")] = _INT8["quantizer"],
+    int8_float: Annotated[str, typer.Option(help=f"Comma-separated node groups left in float: {', '.join(INT8_FLOAT_GROUPS)} ('' for none).", rich_help_panel="INT8")] = ",".join(_INT8["keep_float"]),
+    int8_check: Annotated[Path | None, typer.Option(help="Labeled held-out folder for the INT8 gate (default: run images not used to calibrate).", rich_help_panel="INT8")] = _INT8["check"],
+    int8_check_n: Annotated[int, typer.Option(help="Held-out images in the INT8 gate.", rich_help_panel="INT8")] = _INT8["n_check"],
+    int8_min_agreement: Annotated[float, typer.Option(help="Refuse the bundle below this INT8/FP32 top-1 agreement on held-out images.", rich_help_panel="INT8")] = _INT8["min_agreement"],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle, or an existing Triton model of that name (only once the new one is complete).")] = False,
     as_json: JSON = False,
 ) -> None:
@@ -65,6 +85,7 @@ def export(
     `edgeprompt export BUNDLE --triton REPO` writes the bundle as a model of a Triton model repository (no torch).
     """
     from edgeprompt import api
+    from edgeprompt.config import split_list
 
     triton_cfg = None
     if triton is not None:  # --max-batch overrides the bundle's profile only when it is given
@@ -72,14 +93,23 @@ def export(
         given = source_of is not None and source_of.name == "COMMANDLINE"  # typer ships its own click
         triton_cfg = TritonConfig(repo=str(triton), name=triton_name, platform=triton_platform,
                                   max_batch=max_batch if given else None)
+    groups = split_list(int8_float, "--int8-float", choices=INT8_FLOAT_GROUPS) if int8_float.strip() else ()
+    quant = Int8Config(calib=str(calib) if calib else None, calib_n=calib_n, calib_method=calib_method,
+                       quantizer=int8_quantizer, keep_float=groups, check=str(int8_check) if int8_check else None,
+                       n_check=int8_check_n, min_agreement=int8_min_agreement)
     cfg = ExportConfig(source=str(source), out=str(out) if out else None, fp16=fp16, opset=opset, n_check=n_check,
-                       trt=trt, overwrite=overwrite, triton=triton_cfg,
+                       trt=trt, overwrite=overwrite, triton=triton_cfg, int8=int8, quant=quant,
                        profile=TrtProfile(min_batch, opt_batch, max_batch, workspace_mib))
     with reporter() as rep:
         result = api.export(cfg, rep)
 
     def render(r: dict[str, Any]) -> None:
         rows = [[k, v] for k, v in r.items() if not isinstance(v, (dict, list)) and k != "config"]
+        if r.get("int8"):
+            g = r["int8"]
+            change = "–" if g["top1_change"] is None else f"{100 * g['top1_change']:+.2f} pt"
+            rows += [["int8 agreement", f"{100 * g['top1_agreement']:.2f} % of {g['n']} held-out"],
+                     ["int8 top-1 change", change]]
         table("export", ["name", "value"], rows)
         tr = r.get("triton", r if "max_batch_size" in r else None)
         if tr:

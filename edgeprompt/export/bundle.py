@@ -4,14 +4,17 @@
 BUNDLE/
   manifest.json     kind 'bundle': IOSpec, class names, preprocessing, logit scale, file hashes, export settings,
                     parity numbers, FP16 handling, source run
-  model.onnx        pixels in [0, 1] -> logits, probs (normalisation, prompt and softmax inside the graph)
+  model.onnx        pixels in [0, 1] -> logits, probs (normalisation, prompt and softmax inside the graph);
+                    with --int8 a calibrated Q/DQ graph (docs/int8.md)
+  model.fp32.onnx   only with --int8: the FP32 graph it was quantized from, for reference
   model.onnx.data   only for graphs over ~1.8 GiB or when asked (``external_data=True``); found by relative path
   trtexec.sh        the equivalent TensorRT build command, to run on the target
   model.engine      only with ``trt=True`` on a machine with TensorRT and a GPU (usually: the target)
 ```
 
 The bundle is assembled in a temporary folder beside ``OUT`` and renamed into place only after the parity gate
-passed (:func:`edgeprompt.fileio.atomic_dir`): a failed gate, a failed build or an interrupt leaves nothing. ``--trt``
+(and for ``--int8`` the INT8 agreement gate on held-out images) passed (:func:`edgeprompt.fileio.atomic_dir`):
+a failed gate, a failed build or an interrupt leaves nothing. ``--trt``
 on a machine without TensorRT or a GPU fails before anything is read or written. torch is imported inside the
 function, so importing this module is cheap.
 """
@@ -31,7 +34,7 @@ from edgeprompt.export import check_formats
 from edgeprompt.export.target import build_engine_into
 from edgeprompt.export.tensorrt import TRTEXEC_SCRIPT, require_trt_build, write_trtexec_script
 from edgeprompt.fileio import atomic_dir, check_not_inside, output_lock, sha256_file
-from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, IOSpec, Manifest
+from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, ONNX_FP32_FILE, IOSpec, Manifest
 from edgeprompt.progress import NullReporter, Reporter
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,10 @@ def export_run(cfg: ExportConfig, reporter: Reporter | None = None) -> dict[str,
                           f"LayerNormalization (TensorRT's FP16-safe normalisation), {MAX_OPSET} the newest this "
                           f"onnx and onnxruntime run")
     formats = check_formats(["onnx", "trt"] if cfg.trt else ["onnx"])
+    if cfg.int8:
+        from edgeprompt.export.quantize import require_quantizer
+
+        require_quantizer(cfg.quant.quantizer)  # one line, before any file is read or written
     if cfg.trt:
         require_trt_build()  # one line, before any file is read or written
     if cfg.out is None:
@@ -97,36 +104,49 @@ def _export(cfg: ExportConfig, run_dir: Path, out: Path, formats: list[str], rep
     from edgeprompt.export.verify import check_image_paths, load_check_pixels, parity_gate
 
     t0 = time.perf_counter()
-    precision = "fp16" if cfg.fp16 else "fp32"
-    steps = 3 + cfg.trt
+    traced = "fp16" if cfg.fp16 else "fp32"  # the graph torch traces (an INT8 graph is quantized from FP32)
+    precision = "int8" if cfg.int8 else traced
+    steps = 3 + cfg.trt + cfg.int8
     tick = rep.task(f"exporting {run_dir.name} ({precision}, {'+'.join(formats)})")
     run = load_run(run_dir, device="cpu")
     tick(1, steps, step="loaded run")
+    if cfg.int8 and not run.method.foldable:
+        raise ConfigError(f"--int8 supports folded graphs (zeroshot, coop, dspt); {run.manifest.method}'s text branch "
+                          f"depends on the image: export it FP32 or --fp16")
     spec = dataclasses.replace(run.manifest.preprocess, normalize_in_graph=True)  # the graph normalises
-    graph = build_graph(run.backbone, run.method, spec, precision)
+    graph = build_graph(run.backbone, run.method, spec, traced)
     io = IOSpec.classifier(spec.image_size, run.manifest.num_classes)
     paths = check_image_paths(run_dir, cfg.n_check)
     pixels, source = load_check_pixels(paths, spec, cfg.n_check)
 
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
-        onnx_path = export_onnx(graph, tmp / ONNX_FILE, io, opset=cfg.opset, exporter=cfg.exporter,
-                                metadata=onnx_metadata_for(run.manifest, io, precision, run_dir),
+        onnx_path = export_onnx(graph, tmp / (ONNX_FP32_FILE if cfg.int8 else ONNX_FILE), io, opset=cfg.opset,
+                                exporter=cfg.exporter, metadata=onnx_metadata_for(run.manifest, io, traced, run_dir),
                                 external_data=cfg.external_data)
         tick(2, steps, step="traced")
-        parity = parity_gate(run.backbone, run.method, onnx_path, io, pixels, precision=precision,
+        parity = parity_gate(run.backbone, run.method, onnx_path, io, pixels, precision=traced,
                              logit_scale=graph.logit_scale, source=source, threads=torch.get_num_threads())
         tick(3, steps, step="parity passed")
-        script = write_trtexec_script(tmp, io, fp16=cfg.fp16, profile=cfg.profile, onnx_fp16=cfg.fp16)
+        int8 = None
+        if cfg.int8:
+            from edgeprompt.export.int8 import build_int8
+
+            int8 = build_int8(onnx_path, tmp / ONNX_FILE, run_dir, run.manifest.classnames, spec, io, cfg.quant,
+                              threads=torch.get_num_threads())
+            tick(4, steps, step="INT8 gate passed")
+        script = write_trtexec_script(tmp, io, fp16=cfg.fp16, profile=cfg.profile, onnx_fp16=cfg.fp16, int8=cfg.int8)
         engine = None
         if cfg.trt:
-            engine = build_engine_into(tmp, io, fp16=cfg.fp16, onnx_fp16=cfg.fp16, profile=cfg.profile)
-            tick(4, steps, step="engine built")
+            engine = build_engine_into(tmp, io, fp16=cfg.fp16, onnx_fp16=cfg.fp16, profile=cfg.profile, int8=cfg.int8)
+            tick(steps, steps, step="engine built")
         data_files = [str(f) for f in external_data_files(onnx_path)]
-        files = {ONNX_FILE: sha256_file(onnx_path), **{f: sha256_file(tmp / f) for f in data_files}}
+        files = {ONNX_FILE: sha256_file(tmp / ONNX_FILE), **{f: sha256_file(tmp / f) for f in data_files}}
+        if cfg.int8:
+            files[ONNX_FP32_FILE] = sha256_file(onnx_path)
         files[TRTEXEC_SCRIPT] = sha256_file(script)
         if engine is not None:
             files[ENGINE_FILE] = engine.pop("sha256")
-        summary = onnx_summary(onnx_path)
+        summary = onnx_summary(onnx_path)  # the traced graph (FP32 for --int8)
         settings = {
             "precision": precision, "opset": summary["opset"],
             "exporter": onnx_metadata(onnx_path).get("edgeprompt.exporter"), "profile": dataclasses.asdict(cfg.profile),
@@ -142,6 +162,8 @@ def _export(cfg: ExportConfig, run_dir: Path, out: Path, formats: list[str], rep
             "parity": parity,
             "engine": engine,
         }
+        if int8 is not None:
+            extra["int8"] = {**int8, "fp32_graph": ONNX_FP32_FILE, "config": dataclasses.asdict(cfg.quant)}
         if cfg.fp16:
             extra["fp16"] = {"weights": "fp16", "io": "fp32", "kept_fp32": graph.info["fp32_ops"],
                              "initializers": summary["initializers"],
@@ -151,10 +173,13 @@ def _export(cfg: ExportConfig, run_dir: Path, out: Path, formats: list[str], rep
                             io=io, files=files, extra=extra)
         manifest.write(tmp)
         sizes = {name: round((tmp / name).stat().st_size / 1e6, 3) for name in files}
+    int8_note = "" if int8 is None else (f"; INT8 vs FP32 top-1 agreement {int8['gate']['top1_agreement']:.4f} on "
+                                         f"{int8['gate']['n']} held-out images")
     rep.message(f"bundle {out}: {graph.info['graph']} {precision} graph, opset {settings['opset']}, parity "
-                f"top-1 {parity['top1_agreement']:.4f}, max |Δlogit| {parity['max_abs_logit_diff']:.2e}")
+                f"top-1 {parity['top1_agreement']:.4f}, max |Δlogit| {parity['max_abs_logit_diff']:.2e}{int8_note}")
     return {
         "bundle": str(out), "run_dir": str(run_dir), "method": run.manifest.method, "graph": graph.info["graph"],
         "precision": precision, "opset": settings["opset"], "exporter": settings["exporter"], "files_mb": sizes,
-        "parity": parity, "engine": engine, "time_s": round(time.perf_counter() - t0, 2),
+        "parity": parity, "int8": None if int8 is None else int8["gate"], "engine": engine,
+        "time_s": round(time.perf_counter() - t0, 2),
     }

@@ -38,8 +38,13 @@ def onnx_is_fp16(manifest: Manifest) -> bool:
     return manifest.extra.get("export", {}).get("precision") == "fp16"
 
 
+def onnx_is_int8(manifest: Manifest) -> bool:
+    """Whether the bundle's ONNX graph is an INT8 Q/DQ graph (``--int8``)."""
+    return manifest.extra.get("export", {}).get("precision") == "int8"
+
+
 def build_engine_into(bundle_dir: str | os.PathLike[str], io: IOSpec, *, fp16: bool, onnx_fp16: bool,
-                      profile: TrtProfile = TrtProfile()) -> dict[str, Any]:
+                      profile: TrtProfile = TrtProfile(), int8: bool = False) -> dict[str, Any]:
     """Build ``model.engine`` beside ``model.onnx`` and check its precision; returns what the manifest records.
 
     Args:
@@ -48,21 +53,27 @@ def build_engine_into(bundle_dir: str | os.PathLike[str], io: IOSpec, *, fp16: b
         fp16: FP16 was asked for.
         onnx_fp16: The ONNX already carries FP16 (then the build follows the graph's types).
         profile: Batch range and builder workspace.
+        int8: The ONNX graph is an INT8 Q/DQ graph: built as explicitly quantized, and it must come out with INT8
+            layers.
 
     Returns:
         ``{'file', 'sha256', 'trt_version', 'precision', 'output_formats', 'profile', 'build_s', ...}``.
 
     Raises:
-        ExportError: The build failed, or FP16 was asked for and the engine came out FP32 (then no engine is left).
+        ExportError: The build failed, or FP16 / INT8 was asked for and the engine has no such layer (then no
+            engine is left).
     """
     bundle_dir = Path(bundle_dir)
     final, partial = bundle_dir / ENGINE_FILE, bundle_dir / f".{ENGINE_FILE}.partial"
     t0 = time.perf_counter()
     try:
         build_engine(bundle_dir / ONNX_FILE, partial, io, fp16=fp16 or onnx_fp16, profile=profile,
-                     timing_cache_path=bundle_dir / TIMING_CACHE_FILE)
+                     timing_cache_path=bundle_dir / TIMING_CACHE_FILE, int8=int8)
         built = inspect_engine(partial)
-        if (fp16 or onnx_fp16) and built["precision"] == "fp32":
+        if int8 and not built["output_formats"].get("int8"):
+            raise ExportError(f"the bundle's graph is INT8 but TensorRT {built['trt_version']} built no INT8 layer: "
+                              f"check the Q/DQ graph with `trtexec --onnx=model.onnx --int8 --verbose`")
+        if (fp16 or onnx_fp16) and not int8 and built["precision"] == "fp32":
             raise ExportError(f"FP16 was asked for but TensorRT {built['trt_version']} built an FP32 engine (no "
                               f"FP16 layers): re-export the ONNX with --fp16 so the graph carries FP16")
         os.replace(partial, final)
@@ -71,7 +82,7 @@ def build_engine_into(bundle_dir: str | os.PathLike[str], io: IOSpec, *, fp16: b
     return {
         "file": ENGINE_FILE, "sha256": sha256_file(final), "trt_version": built["trt_version"],
         "precision": built["precision"], "output_formats": built["output_formats"], "layers": built["layers"],
-        "requested": "fp16" if fp16 or onnx_fp16 else "fp32", "onnx_fp16": onnx_fp16,
+        "requested": "int8" if int8 else "fp16" if fp16 or onnx_fp16 else "fp32", "onnx_fp16": onnx_fp16,
         "profile": dataclasses.asdict(profile), "build_s": round(time.perf_counter() - t0, 1),
         "size_mb": round(final.stat().st_size / 1e6, 2),
     }
@@ -83,7 +94,8 @@ def build_trt(bundle_dir: str | os.PathLike[str], *, fp16: bool = False, profile
 
     Args:
         bundle_dir: A bundle from ``edgeprompt export RUN --out BUNDLE``.
-        fp16: Ask for FP16. An FP16 bundle (exported with ``--fp16``) is always built as the graph's types say.
+        fp16: Ask for FP16. An FP16 bundle (exported with ``--fp16``) is always built as the graph's types say; an
+            INT8 bundle always builds explicitly quantized (with FP16 for its float layers on TensorRT 10).
         profile: Batch range (min / opt / max) and builder workspace.
         verify: Check ``model.onnx`` (and its external data) against the manifest's sha256 first.
         reporter: Progress reporting (default: log only).
@@ -109,15 +121,16 @@ def build_trt(bundle_dir: str | os.PathLike[str], *, fp16: bool = False, profile
             if name != ENGINE_FILE and (bundle_dir / name).is_file() and sha256_file(bundle_dir / name) != digest:
                 raise ArtifactError(f"{bundle_dir / name} does not match the sha256 in manifest.json: copy the "
                                     f"bundle again")
-    onnx_fp16 = onnx_is_fp16(manifest)
+    onnx_fp16, int8 = onnx_is_fp16(manifest), onnx_is_int8(manifest)
     rep.message(f"building the TensorRT engine for {bundle_dir} on this device; this can take minutes "
                 f"(a Jetson may show no output for several)")
     tick = rep.task("building TensorRT engine")
     tick(0, 1)
-    engine = build_engine_into(bundle_dir, manifest.io, fp16=fp16, onnx_fp16=onnx_fp16, profile=profile)
+    engine = build_engine_into(bundle_dir, manifest.io, fp16=fp16 and not int8, onnx_fp16=onnx_fp16,
+                               profile=profile, int8=int8)
     tick(1, 1)
-    script = write_trtexec_script(bundle_dir, manifest.io, fp16=fp16 or onnx_fp16, profile=profile,
-                                  onnx_fp16=onnx_fp16)
+    script = write_trtexec_script(bundle_dir, manifest.io, fp16=(fp16 or onnx_fp16) and not int8, profile=profile,
+                                  onnx_fp16=onnx_fp16, int8=int8)
     files = {**manifest.files, ENGINE_FILE: engine.pop("sha256"), TRTEXEC_SCRIPT: sha256_file(script)}
     dataclasses.replace(manifest, files=files, extra={**manifest.extra, "engine": engine}).write(bundle_dir)
     log.info("engine %s: TensorRT %s, %s (requested %s)", bundle_dir / ENGINE_FILE, engine["trt_version"],

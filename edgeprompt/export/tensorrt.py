@@ -7,6 +7,9 @@ Two build paths, gated on the TensorRT major version:
 - TensorRT 11: every network is strongly typed and the precision flags are gone. Reduced precision must already
   be in the ONNX graph (an FP16 export); the build only follows the graph's types. Asking for ``fp16`` with an FP32
   graph is refused, rather than writing an FP32 engine under an FP16 name.
+- INT8 bundles carry a Q/DQ graph (explicit quantization): TensorRT 10 builds it with the INT8 and FP16 flags
+  (Q/DQ layers in INT8, the float layers free to use FP16), TensorRT 11 strongly typed (float layers FP32, as typed).
+  There is no calibrator on the device: the scales are in the graph.
 
 The engine file is the raw serialized plan (no header), so ``trtexec --loadEngine`` and C++ loaders can read it.
 Nothing is written unless the build succeeds, and every dependency check runs before any file is touched.
@@ -88,7 +91,8 @@ def _shape_arg(shapes: dict[str, tuple[Shape, Shape, Shape]], which: int) -> str
     return ",".join(f"{name}:{'x'.join(map(str, s[which]))}" for name, s in shapes.items())
 
 
-def precision_plan(fp16: bool, trt_version: str | int, onnx_fp16: bool = False) -> dict[str, Any]:
+def precision_plan(fp16: bool, trt_version: str | int, onnx_fp16: bool = False, int8: bool = False
+                   ) -> dict[str, Any]:
     """What a build will do about precision on a given TensorRT version.
 
     Args:
@@ -96,6 +100,7 @@ def precision_plan(fp16: bool, trt_version: str | int, onnx_fp16: bool = False) 
         trt_version: TensorRT version string or major version.
         onnx_fp16: The ONNX graph already carries FP16 tensors (an FP16 export). Then every version builds
             strongly typed and follows the graph's types, whatever ``fp16`` says.
+        int8: The ONNX graph is an INT8 Q/DQ graph (an ``--int8`` export); see the module docstring.
 
     Returns:
         A dict with ``trt_major``, ``requested`` ('fp16'/'fp32'), ``network`` ('weakly-typed'/'strongly-typed'),
@@ -104,6 +109,18 @@ def precision_plan(fp16: bool, trt_version: str | int, onnx_fp16: bool = False) 
     """
     major = trt_major(trt_version)
     requested = "fp16" if fp16 else "fp32"
+    if int8:
+        if major <= 10:
+            return {
+                "trt_major": major, "requested": "int8", "network": "weakly-typed",
+                "builder_flags": ["INT8", "FP16"], "trtexec_flags": ["--int8", "--fp16"], "onnx_must_be_fp16": False,
+                "note": "explicit quantization: the Q/DQ nodes run in INT8, the float layers may use FP16",
+            }
+        return {
+            "trt_major": major, "requested": "int8", "network": "strongly-typed",
+            "builder_flags": [], "trtexec_flags": ["--stronglyTyped"], "onnx_must_be_fp16": False,
+            "note": "strongly typed: the Q/DQ nodes run in INT8, the float layers in FP32 as the graph types them",
+        }
     if onnx_fp16:
         return {
             "trt_major": major, "requested": requested, "network": "strongly-typed",
@@ -129,7 +146,8 @@ def precision_plan(fp16: bool, trt_version: str | int, onnx_fp16: bool = False) 
 
 def trtexec_command(onnx: str | os.PathLike[str], engine: str | os.PathLike[str], io: IOSpec,
                     profile: TrtProfile = TrtProfile(), fp16: bool = False, trt_major: int = 10,
-                    timing_cache: str | os.PathLike[str] | None = None, onnx_fp16: bool = False) -> list[str]:
+                    timing_cache: str | os.PathLike[str] | None = None, onnx_fp16: bool = False,
+                    int8: bool = False) -> list[str]:
     """The ``trtexec`` command equivalent to :func:`build_engine`, as an argv list.
 
     Args:
@@ -141,6 +159,7 @@ def trtexec_command(onnx: str | os.PathLike[str], engine: str | os.PathLike[str]
         trt_major: TensorRT major version the command is for.
         timing_cache: Timing cache file to read and update (None: none).
         onnx_fp16: The ONNX graph already carries FP16 (see :func:`precision_plan`).
+        int8: The ONNX graph is an INT8 Q/DQ graph (see :func:`precision_plan`).
 
     Returns:
         argv, starting with 'trtexec'.
@@ -151,7 +170,7 @@ def trtexec_command(onnx: str | os.PathLike[str], engine: str | os.PathLike[str]
         f"--minShapes={_shape_arg(shapes, 0)}", f"--optShapes={_shape_arg(shapes, 1)}",
         f"--maxShapes={_shape_arg(shapes, 2)}",
         f"--memPoolSize=workspace:{int(profile.workspace_mib)}",  # MiB
-        *precision_plan(fp16, trt_major, onnx_fp16)["trtexec_flags"],
+        *precision_plan(fp16, trt_major, onnx_fp16, int8)["trtexec_flags"],
         "--profilingVerbosity=detailed", "--skipInference",
     ]
     if timing_cache is not None:
@@ -160,7 +179,7 @@ def trtexec_command(onnx: str | os.PathLike[str], engine: str | os.PathLike[str]
 
 
 def write_trtexec_script(bundle_dir: str | os.PathLike[str], io: IOSpec, *, fp16: bool = False,
-                         profile: TrtProfile = TrtProfile(), onnx_fp16: bool = False) -> Path:
+                         profile: TrtProfile = TrtProfile(), onnx_fp16: bool = False, int8: bool = False) -> Path:
     """Write ``trtexec.sh`` into a bundle: builds ``model.engine`` from ``model.onnx`` on the target.
 
     The script finds trtexec on PATH, in ``$TRTEXEC`` or at JetPack's ``/usr/src/tensorrt/bin/trtexec``, reads the
@@ -172,18 +191,21 @@ def write_trtexec_script(bundle_dir: str | os.PathLike[str], io: IOSpec, *, fp16
         fp16: Request FP16 (see :func:`precision_plan`).
         profile: Batch range and builder workspace.
         onnx_fp16: The ONNX graph already carries FP16 (see :func:`precision_plan`).
+        int8: The ONNX graph is an INT8 Q/DQ graph (see :func:`precision_plan`).
 
     Returns:
         Path of the written script (executable).
     """
     cmd10, cmd11 = (shlex.join(trtexec_command(ONNX_FILE, ENGINE_FILE, io, profile, fp16=fp16, trt_major=major,
-                                               timing_cache=TIMING_CACHE_FILE, onnx_fp16=onnx_fp16)[1:])
+                                               timing_cache=TIMING_CACHE_FILE, onnx_fp16=onnx_fp16,
+                                               int8=int8)[1:])
                     for major in (10, 11))
     fp16_11 = ("echo 'note: TensorRT 11 has no --fp16; this builds the types in model.onnx (export with --fp16 for an "
-               "FP16 engine)' >&2\n    " if fp16 and not onnx_fp16 else "")
+               "FP16 engine)' >&2\n    " if fp16 and not onnx_fp16 and not int8 else "")
+    flag = " --int8" if int8 else " --fp16" if fp16 else ""
     text = f"""#!/usr/bin/env bash
 # Build model.engine from model.onnx on THIS device (engines are tied to the GPU and TensorRT version).
-# Written by edgeprompt; equivalent to `edgeprompt export <bundle> --trt{' --fp16' if fp16 else ''}`.
+# Written by edgeprompt; equivalent to `edgeprompt export <bundle> --trt` for this{flag} bundle.
 # Environment: TRTEXEC=/path/to/trtexec, TRT_MAJOR=10|11 (when python3 cannot import tensorrt).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -245,7 +267,7 @@ def _count_half_tensors(trt: ModuleType, network: Any) -> int:
 
 def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str], io: IOSpec, *,
                  fp16: bool = False, profile: TrtProfile = TrtProfile(),
-                 timing_cache_path: str | os.PathLike[str] | None = None) -> Path:
+                 timing_cache_path: str | os.PathLike[str] | None = None, int8: bool = False) -> Path:
     """Build a TensorRT engine with the Python API and write it atomically.
 
     Args:
@@ -255,6 +277,7 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
         fp16: Request FP16; see :func:`precision_plan` for what that means per TensorRT version.
         profile: Batch range (min / opt / max) and builder workspace limit in MiB.
         timing_cache_path: Timing cache to load if present and save after the build (speeds up rebuilds).
+        int8: The ONNX graph is an INT8 Q/DQ graph (built with the plan of :func:`precision_plan`).
 
     Returns:
         ``engine_path``.
@@ -269,13 +292,13 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
     trt = _require_tensorrt()
     if not onnx_path.is_file():
         raise ExportError(f"{onnx_path} not found: export the ONNX graph first (`edgeprompt export RUN --onnx`)")
-    plan = precision_plan(fp16, trt.__version__)
+    plan = precision_plan(fp16, trt.__version__, int8=int8)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     # the parser owns the weights: keep it alive until the build is done
     network, _parser = _parse_onnx(trt, builder, logger, onnx_path, plan["network"] == "strongly-typed")
     half = _count_half_tensors(trt, network)
-    if half and plan["network"] == "weakly-typed":
+    if half and plan["network"] == "weakly-typed" and not int8:
         # an FP16 graph under weak typing would be re-typed by TensorRT; build it as typed instead
         plan = precision_plan(fp16, trt.__version__, onnx_fp16=True)
         network, _parser = _parse_onnx(trt, builder, logger, onnx_path, strongly_typed=True)
@@ -321,8 +344,9 @@ def inspect_engine(engine_path: str | os.PathLike[str]) -> dict[str, Any]:
         engine_path: A serialized plan.
 
     Returns:
-        ``{'trt_version', 'layers', 'output_formats': {format: count}, 'precision': 'fp16'|'fp32'|'mixed'|
-        'unknown'}``. The formats are read from the inspector's JSON, whose layout differs between versions.
+        ``{'trt_version', 'layers', 'output_formats': {format: count}, 'precision': 'int8' (any INT8 layer) |
+        'fp16' | 'fp32' | 'mixed' | 'unknown'}``. The formats are read from the inspector's JSON, whose layout
+        differs between versions.
     """
     trt = _require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -343,7 +367,7 @@ def _summarise_inspector(info: dict[str, Any], version: str) -> dict[str, Any]:
             kind = next((p for p, keys in _PRECISIONS if any(key in text for key in keys)), "other")
             counts[kind] = counts.get(kind, 0) + 1
     reduced = counts.get("fp16", 0) + counts.get("int8", 0)
-    precision = ("unknown" if not counts else "fp32" if reduced == 0
+    precision = ("unknown" if not counts else "fp32" if reduced == 0 else "int8" if counts.get("int8", 0)
                  else "fp16" if counts.get("fp32", 0) == 0 else "mixed")
     return {"trt_version": version, "layers": len(layers), "output_formats": counts, "precision": precision}
 
