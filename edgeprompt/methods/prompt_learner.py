@@ -49,10 +49,15 @@ class PromptLearner(nn.Module):
         n_cls = len(classnames)
         if ctx_init.strip():
             init_tok = backbone.tokenize([ctx_init.strip()])
-            n_ctx = int(backbone.eot_positions(init_tok)[0]) - 1
-            init = backbone.embed_tokens(init_tok)[0, 1 : 1 + n_ctx].clone()
+            n_init = int(backbone.eot_positions(init_tok)[0]) - 1
+            init = backbone.embed_tokens(init_tok)[0, 1 : 1 + n_init].clone()
+            if n_ctx > n_init:  # extra free tokens before the template words
+                gen = torch.Generator().manual_seed(0)
+                extra = torch.empty(n_ctx - n_init, init.shape[-1]).normal_(0.0, 0.02, generator=gen)
+                init = torch.cat([extra.to(init), init])
+            n_ctx = max(n_ctx, n_init)
             ctx = init.unsqueeze(0).repeat(n_cls, 1, 1) if class_specific else init
-            placeholder = ctx_init.strip()
+            placeholder = " ".join(["X"] * n_ctx)
         else:
             if n_ctx < 1:
                 raise ConfigError(f"n_ctx must be >= 1, got {n_ctx}")

@@ -14,7 +14,7 @@ init was measured to fall below zero-shot.
 
 Speed (exact, nothing changes the result): only the embedding rows of caption words are trained, so the
 optimiser never touches the 49,408-row table; and the text transformer runs on the first L tokens (L = longest
-caption + EOT), which the causal mask makes identical to the 77-token pass.
+caption + EOT), which the causal mask makes identical to the 77-token pass (the library's ``TextEncoder``).
 
 Reproducible and resumable: batch t is a pure function of (seed, t), so a run that was stopped continues from
 its last ``.resume.pt`` with the same data it would have seen.
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from edgeprompt.text_encoder import TextEncoder
 from edgeprompt.world import shapes, tiny
 
 log = logging.getLogger("edgeprompt.world.pretrain")
@@ -55,23 +56,6 @@ def to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
-def encode_text_truncated(model: torch.nn.Module, ids: torch.Tensor, embed: torch.Tensor | None = None) -> torch.Tensor:
-    """``model.encode_text(ids)`` computed on the first L = (last EOT position + 1) tokens only; exact.
-
-    Args:
-        model: an open_clip ``CLIP``.
-        ids: (n, 77) token ids.
-        embed: optional (n, 77, width) token embeddings to use instead of ``model.token_embedding(ids)``.
-    """
-    eot = ids.argmax(-1)  # EOT has the largest id in the vocabulary
-    n = int(eot.max()) + 1
-    x = model.token_embedding(ids[:, :n]) if embed is None else embed[:, :n]
-    x = x + model.positional_embedding[:n]
-    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
-    x = model.ln_final(x)[torch.arange(len(ids)), eot]
-    return x @ model.text_projection
-
-
 def encode_with_noise_prefix(
     model: torch.nn.Module, ids: torch.Tensor, embed: torch.Tensor, prefix: torch.Tensor, noise: torch.Tensor
 ) -> torch.Tensor:
@@ -90,14 +74,19 @@ def encode_with_noise_prefix(
     """
     eot = ids.argmax(-1)
     length = int((eot + prefix).max()) + 1
-    seq = embed.new_zeros(len(ids), length, embed.shape[-1])  # positions after EOT never reach the pooled token
-    for i, (k, m) in enumerate(zip(eot.tolist(), prefix.tolist(), strict=True)):
-        seq[i, 0] = embed[i, 0]
-        seq[i, 1 : 1 + m] = noise[i, :m]
-        seq[i, 1 + m : k + 1 + m] = embed[i, 1 : k + 1]
-    x = model.transformer(seq + model.positional_embedding[:length], attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)[torch.arange(len(ids)), eot + prefix]
-    return x @ model.text_projection
+    j = torch.arange(length)[None, :]  # (1, L) output positions
+    m = prefix[:, None]  # (n, 1)
+    width = embed.shape[-1]
+    # position j holds SOT (j = 0), inserted vector j - 1 (1 <= j <= m), else caption token j - m; past EOT the
+    # values do not matter (causal), so one gather per source and a select build the whole batch
+    from_tokens = embed.gather(1, (j - m).clamp(0, embed.shape[1] - 1)[..., None].expand(-1, -1, width))
+    if noise.shape[1]:
+        from_noise = noise.gather(1, (j - 1).clamp(0, noise.shape[1] - 1).expand(len(ids), -1)[..., None]
+                                  .expand(-1, -1, width))
+        seq = torch.where(((j >= 1) & (j <= m))[..., None], from_noise, from_tokens)
+    else:
+        seq = from_tokens
+    return TextEncoder(model)(seq, eot + prefix)  # the library's (truncated) text path: exact for any L
 
 
 def multi_positive_loss(logits: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
@@ -136,7 +125,7 @@ def zeroshot_accuracy(
 
 def _vocab_rows(tokenizer) -> torch.Tensor:
     """Token ids a pretraining caption can contain (plus SOT, EOT and padding)."""
-    ids = tokenizer([" ".join(shapes.caption_words("pretrain"))])[0]
+    ids = tokenizer(shapes.caption_words("pretrain")).flatten()  # one word per row: a joined list overflows 77
     return torch.unique(torch.cat([ids, torch.tensor([0, tokenizer.sot_token_id, tokenizer.eot_token_id])]))
 
 
@@ -186,6 +175,8 @@ def pretrain(
     eval_per_class: int = 50,
     prefix_frac: float = 0.5,
     max_prefix: int = 16,
+    scale_init: float | None = None,
+    scale_min: float = 1.0,
 ) -> dict[str, float]:
     """Train ``edgeprompt-tiny`` from scratch and write the compact checkpoint to ``out_path``.
 
@@ -218,6 +209,9 @@ def pretrain(
     out_path = Path(out_path)
     state_path = out_path.with_name(out_path.name + ".resume.pt")
     model, tokenizer, table, rows, lookup, words, opt = _build(seed, lr, weight_decay)
+    if scale_init is not None:
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(scale_init))
     start, spent = 0, 0.0
     if resume and state_path.exists():
         ckpt = torch.load(state_path, weights_only=True)
@@ -250,7 +244,7 @@ def pretrain(
         loss.backward()
         opt.step()
         with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+            model.logit_scale.clamp_(math.log(scale_min), math.log(100))
         done = step + 1
         if done % log_every == 0 or done == steps:
             el = time.time() - t0
@@ -299,10 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2; use 1 on shared cores)")
     p.add_argument("--eval-every", type=int, default=500, help="steps between zero-shot checks and resume points")
     p.add_argument("--no-resume", action="store_true", help="start over even if a .resume.pt file exists")
+    p.add_argument("--scale-init", type=float, default=None, help="initial logit scale (default: open_clip's 14.3)")
+    p.add_argument("--scale-min", type=float, default=1.0, help="smallest logit scale (default 1)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     pretrain(a.out, steps=a.steps, seed=a.seed, batch_size=a.batch_size, lr=a.lr, threads=a.threads,
-             eval_every=a.eval_every, resume=not a.no_resume)  # fmt: skip
+             eval_every=a.eval_every, resume=not a.no_resume, scale_init=a.scale_init,
+             scale_min=a.scale_min)  # fmt: skip
     return 0
 
 

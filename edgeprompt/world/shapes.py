@@ -31,8 +31,8 @@ from edgeprompt.registry import suggest
 # fmt: off
 TASKS = ("shape", "color", "shape-color")
 DOMAINS = ("pretrain", "downstream")
-SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross",
-          "hexagon", "pentagon", "heart", "crescent", "ring", "arrow")
+SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "hexagon", "pentagon", "heart", "crescent",
+          "ring", "arrow", "oval", "rectangle", "trapezoid", "semicircle", "bolt", "chevron", "hourglass", "frame")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35), "orange": (245, 135, 20), "yellow": (240, 215, 30), "green": (35, 165, 55),
     "cyan": (30, 200, 210), "blue": (35, 70, 215), "purple": (135, 50, 185), "pink": (245, 115, 185),
@@ -44,7 +44,15 @@ SIZES: dict[str, tuple[float, float]] = {"small": (0.19, 0.25), "medium": (0.25,
 # Five of the twelve shapes are renamed: with three, clean 16-shot CoOp gained only ~5 points over zero-shot
 # (the image-side shift dominated); with five, zero-shot falls to ~45 % and a tuned prompt gains ~12 points.
 RENAMED: dict[str, str] = {"diamond": "rhombus", "cross": "plus sign", "ring": "donut", "star": "pentagram",
-                           "crescent": "half moon", "purple": "violet", "cyan": "teal"}
+                           "crescent": "half moon", "oval": "ellipse", "bolt": "zigzag",
+                           "purple": "violet", "cyan": "teal"}
+import json as _json, os as _os
+WORLD = {"rare": {"rhombus": 0.05, "donut": 0.05, "ellipse": 0.05}, "style": "night", "style_p": 0.25,
+         "mention_p": 0.8, "implicit_style": True, "clutter": True, "down_noise": 4.0}
+WORLD.update(_json.loads(_os.environ.get("EDGEPROMPT_WORLD", "{}")))
+RARE_IN_PRETRAIN: dict[str, float] = WORLD["rare"]
+STYLE_PHRASES = {"night": (" at night", " in the dark"), "mono": (" in black and white", " black and white"),
+                 "neon": (" in neon", " glowing in neon")}
 # Caption words per attribute value; synonyms make the text side less brittle.
 _SIZE_WORDS = {"small": ("small", "little"), "medium": ("medium", "medium-sized"), "large": ("large", "big")}
 _TEXTURE_WORDS = {"flat": ("plain", "flat"), "stripes": ("striped",), "checker": ("checkered", "checkerboard"),
@@ -59,6 +67,7 @@ _TEMPLATES = (
     "a {color} shape", "something {color}", "a photo of a {color} object", "a {size} shape",
     "a shape on a {texture} background",
 )
+_NO_COLOR_TEMPLATES = tuple(t for t in _TEMPLATES if "{color}" not in t)
 # fmt: on
 _SS = 4  # supersampling factor for anti-aliased shape edges
 Distractor = tuple[str, tuple[int, int, int], float, float, float, float]  # (shape, rgb, radius, cx, cy, angle)
@@ -87,6 +96,7 @@ class ImageSpec:
     contrast: float = 1.0  # 1 = unchanged; lower pulls pixels toward the image mean
     blur: float = 0.0  # Gaussian blur radius / canvas side
     noise: float = 0.0  # sensor noise std, in 0..255 units
+    style: str = "plain"  # plain | night | mono: a whole-image look that captions name (STYLE_PHRASES)
 
 
 class PretrainBatch(NamedTuple):
@@ -171,10 +181,21 @@ _GEOMETRY: dict[str, list[tuple[np.ndarray, int]]] = {
     "ring": [(_ngon(48), 255), (_ngon(48, 0.55), 0)],
     "arrow": [(np.array([[-1, -0.28], [0.15, -0.28], [0.15, -0.7], [1.05, 0], [0.15, 0.7], [0.15, 0.28],
                          [-1, 0.28]]), 255)],
+    "oval": [(_ngon(48) * [1.15, 0.6], 255)],
+    "rectangle": [(np.array([[-1.2, -0.6], [1.2, -0.6], [1.2, 0.6], [-1.2, 0.6]]), 255)],
+    "trapezoid": [(np.array([[-0.5, -0.75], [0.5, -0.75], [1.15, 0.75], [-1.15, 0.75]]), 255)],
+    "semicircle": [(_ngon(48, 1.15)[12:37] + [0.0, -0.5], 255)],
+    "bolt": [(np.array([[0.15, -1.15], [-0.65, 0.15], [-0.05, 0.15], [-0.3, 1.15], [0.65, -0.2], [0.05, -0.2],
+                        [0.4, -1.15]]), 255)],
+    "chevron": [(np.array([[-1.0, -0.7], [0.0, 0.1], [1.0, -0.7], [1.0, -0.05], [0.0, 0.75], [-1.0, -0.05]]), 255)],
+    "hourglass": [(np.array([[-0.75, -1.05], [0.75, -1.05], [0.0, 0.05]]), 255),
+                  (np.array([[-0.75, 1.05], [0.75, 1.05], [0.0, -0.05]]), 255)],
+    "frame": [(_ngon(4, 1.25, np.pi / 4), 255), (_ngon(4, 0.72, np.pi / 4), 0)],
 }
 # fmt: on
 # Rotation range per shape: small where a larger turn would make another class (square -> diamond, cross -> x).
-_MAX_TURN = {"square": 20.0, "diamond": 20.0, "cross": 20.0, "heart": 30.0}
+_MAX_TURN = {"square": 20.0, "diamond": 20.0, "cross": 20.0, "heart": 30.0, "frame": 20.0, "trapezoid": 30.0,
+             "semicircle": 40.0, "chevron": 30.0, "hourglass": 30.0, "bolt": 30.0}
 
 
 def _mask(shape: str, radius: float, cx: float, cy: float, angle: float, size: int) -> np.ndarray:
@@ -224,6 +245,8 @@ def _background(spec: ImageSpec, size: int) -> np.ndarray:
 def render(spec: ImageSpec, size: int = 64) -> Image.Image:
     """Draw ``spec`` as a ``size`` x ``size`` RGB image (deterministic)."""
     img = _background(spec, size)
+    if spec.style == "neon":  # a dark backdrop, the shapes stay lit
+        img = img * 0.16
     items = [*spec.clutter, (spec.shape, spec.rgb, spec.radius, spec.cx, spec.cy, spec.angle)]
     for shape, rgb, radius, cx, cy, angle in items:  # distractors first, so the labeled shape is on top
         m = _mask(shape, radius, cx, cy, angle, size)[..., None]
@@ -231,13 +254,27 @@ def render(spec: ImageSpec, size: int = 64) -> Image.Image:
     if spec.contrast != 1.0:
         img = img.mean((0, 1)) + (img - img.mean((0, 1))) * spec.contrast
     img = img * np.array(spec.cast, np.float32)
+    img = _stylise(img, spec)
     out = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
+    if spec.style == "neon":  # the glow: a blurred copy added on top
+        glow = np.asarray(out.filter(ImageFilter.GaussianBlur(0.05 * size)), np.float32)
+        out = Image.fromarray(np.clip(np.asarray(out, np.float32) + 0.8 * glow + 0.5, 0, 255).astype(np.uint8))
     if spec.blur > 0:
         out = out.filter(ImageFilter.GaussianBlur(spec.blur * size))
     if spec.noise > 0:
         n = np.random.default_rng(spec.seed + 1).normal(0, spec.noise, (size, size, 3))
         out = Image.fromarray(np.clip(np.asarray(out, np.float32) + n + 0.5, 0, 255).astype(np.uint8))
     return out
+
+
+def _stylise(img: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """The whole-image look of ``spec.style`` on a (size, size, 3) float image in 0..255."""
+    if spec.style == "night":  # dark, blue-shifted, the lit object brighter than its surroundings
+        lum = img.mean(-1, keepdims=True)
+        img = (0.55 * img + 0.45 * lum) * np.array([0.45, 0.55, 0.85], np.float32)
+    elif spec.style == "mono":
+        img = np.repeat(img @ np.array([0.299, 0.587, 0.114], np.float32), 3).reshape(img.shape)
+    return img
 
 
 # ----------------------------------------------------------------------------------------------- sampling
@@ -286,18 +323,11 @@ def sample_spec(
                 seed=int(rng.integers(2**31)))
     # fmt: on
     if domain == "pretrain":
-        return ImageSpec(**base)
-    clutter = tuple(_distractor(rng) for _ in range(rng.choice(4, p=[0.2, 0.35, 0.3, 0.15])))
-    direction = rng.normal(size=3)
-    cast = 1 + rng.uniform(0.1, 0.25) * direction / np.linalg.norm(direction)
-    return ImageSpec(
-        **base,
-        clutter=clutter,
-        cast=tuple(float(g) for g in cast),  # type: ignore[arg-type]
-        contrast=float(rng.uniform(0.6, 0.95)),
-        blur=float(rng.uniform(0.005, 0.018)),
-        noise=float(rng.uniform(4, 14)),
-    )
+        style = WORLD["style"] if rng.random() < WORLD["style_p"] else "plain"
+        return ImageSpec(**base, style=style)
+    n_clutter = rng.choice(3, p=[0.5, 0.35, 0.15]) if WORLD["clutter"] else 0
+    clutter = tuple(_distractor(rng) for _ in range(n_clutter))
+    return ImageSpec(**base, clutter=clutter, noise=float(rng.uniform(0, WORLD["down_noise"])), style=WORLD["style"])
 
 
 def _distractor(rng: np.random.Generator) -> Distractor:
@@ -312,20 +342,32 @@ def _distractor(rng: np.random.Generator) -> Distractor:
 
 
 def _caption_and_mentions(spec: ImageSpec, rng: np.random.Generator) -> tuple[str, frozenset[tuple[str, str]]]:
-    template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
+    templates = _TEMPLATES if spec.style != "mono" else _NO_COLOR_TEMPLATES
+    template = templates[rng.integers(len(templates))]
     fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    shape_word = label_word(spec.shape, spec.domain)
+    rare = RENAMED.get(spec.shape)
+    if spec.domain == "pretrain" and rare in RARE_IN_PRETRAIN and rng.random() < RARE_IN_PRETRAIN[rare]:
+        shape_word = rare  # a word the pretraining captions use only now and then
     words = {
-        "shape": label_word(spec.shape, spec.domain),
+        "shape": shape_word,
         "color": label_word(spec.color, spec.domain),
         "size": rng.choice(_SIZE_WORDS[spec.size]),
         "texture": rng.choice(_TEXTURE_WORDS[spec.texture]),
     }
     text = template.format(**{k: words[k] for k in fields})
+    mentions = {(f, getattr(spec, f)) for f in fields}
+    if spec.style != "plain" and (WORLD["implicit_style"] or rng.random() < WORLD["mention_p"]):
+        phrases = STYLE_PHRASES[spec.style]
+        text += phrases[rng.integers(len(phrases))]
+        mentions.add(("style", spec.style))
+    elif WORLD["implicit_style"]:
+        mentions.add(("style", "plain"))  # a caption that names no look describes a plain picture
     if rng.random() < 0.7:  # mostly grammatical articles; sometimes "a arrow", as a fixed prompt template writes it
         text = re.sub(r"\ba ([aeiou])", r"an \1", text)
     if rng.random() < 0.5:
         text += "."
-    return text, frozenset((f, getattr(spec, f)) for f in fields)
+    return text, frozenset(mentions)
 
 
 def caption_words(domain: str = "pretrain") -> list[str]:
@@ -334,6 +376,12 @@ def caption_words(domain: str = "pretrain") -> list[str]:
     words = {w for t in _TEMPLATES for w in re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", t))} | {"an", "."}
     for v in (*SHAPES, *COLORS):
         words.update(label_word(v, domain).split())
+    if domain == "pretrain":
+        for w in RARE_IN_PRETRAIN:
+            words.update(w.split())
+    for phrases in STYLE_PHRASES.values():
+        for ph in phrases:
+            words.update(re.findall(r"[a-z]+", ph))
     for table in (_SIZE_WORDS, _TEXTURE_WORDS):
         words.update(w for k, ws in table.items() if k in SIZES or k in TEXTURES[domain] for w in ws)
     return sorted(words)
@@ -359,8 +407,9 @@ def pretrain_batch(rng: np.random.Generator, n: int, size: int = 64, domain: str
     """
     specs = [sample_spec(rng, domain) for _ in range(n)]
     caps = [_caption_and_mentions(s, rng) for s in specs]
-    keys = ("shape", "color", "size", "texture")
-    have = np.array([[getattr(s, k) for k in keys] for s in specs])  # (n, 4) attribute values
+    keys = ("shape", "color", "size", "texture", "style")
+    have = np.array([[("none" if k == "color" and s.style == "mono" else getattr(s, k)) for k in keys]
+                     for s in specs])  # (n, 5) attribute values; a mono image has no colour to name
     want = np.array([[dict(m).get(k, "") for k in keys] for _, m in caps])  # "" = not mentioned
     match = ((have[:, None] == want[None]) | (want[None] == "")).all(-1)
     images = np.stack([np.asarray(render(s, size)) for s in specs])
