@@ -18,7 +18,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _top1(world: Path, method: str, noise: str, epochs: int, seed: int = 1) -> float:
+def _top1(world: Path, method: str, noise: str, epochs: int | None = None, seed: int = 1) -> float:
     run = world / "runs" / f"{method}-{noise}-{seed}"
     api.tune(TuneConfig(train=str(world / "data" / "train"), out=str(run), method=method, shots=16, noise=noise,
                         cache_dir=str(world / "cache"), overwrite=True,
@@ -27,14 +27,15 @@ def _top1(world: Path, method: str, noise: str, epochs: int, seed: int = 1) -> f
 
 
 def test_zero_shot_is_a_prior_not_a_solved_task(world: Path) -> None:
-    assert 0.40 <= _top1(world, "zeroshot", "none", 0) <= 0.85
+    assert 0.45 <= _top1(world, "zeroshot", "none", 0) <= 0.65  # world v2's bar (docs/world.md)
 
 
 @pytest.mark.slow
 def test_quality_bar_coop_gains_and_noise_hurts(world: Path) -> None:
     zs = _top1(world, "zeroshot", "none", 0)
-    clean = _top1(world, "coop", "none", 200)
-    noisy = _top1(world, "coop", "sym:0.75", 200)
-    assert clean >= zs + 0.10 and noisy <= clean - 0.10
-    # DSPT's gradient suppression keeps it near the zero-shot prior at 50 % noise; CoOp's CE memorises the flips
-    assert _top1(world, "dspt", "sym:0.5", 200) > _top1(world, "coop", "sym:0.5", 200) + 0.05
+    # default flags; measured on seed 1 (docs/world.md): zero-shot 55.6, CoOp 62.7, DSPT 57.1, CoOp@50 25.0,
+    # DSPT@50 56.5. The thresholds sit a few points inside those, so a broken tuner or loss fails them.
+    assert _top1(world, "coop", "none") > zs + 0.04 and _top1(world, "dspt", "none") >= zs - 0.01
+    noisy = _top1(world, "coop", "sym:0.5")
+    assert noisy < zs - 0.15  # noise must hurt: CoOp's CE memorises the flips
+    assert _top1(world, "dspt", "sym:0.5") > noisy + 0.2  # DSPT's gradient suppression keeps the prior

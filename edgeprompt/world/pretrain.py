@@ -7,9 +7,14 @@ every hexagon in the batch, so the targets are multi-positive: each row of the l
 over all captions that describe the image (and each column over all images the caption describes); one-hot
 targets would push true pairs apart.
 
+Half of the captions get 1-16 random vectors right after SOT, where a CoOp prompt puts its learned context
+(:func:`encode_with_noise_prefix`). Without this the text encoder only ever sees short captions: a 16-vector
+context then lands on untrained positions and out-of-distribution inputs, and cross-entropy CoOp from a random
+init was measured to fall below zero-shot.
+
 Speed (exact, nothing changes the result): only the embedding rows of caption words are trained, so the
 optimiser never touches the 49,408-row table; and the text transformer runs on the first L tokens (L = longest
-caption + EOT), which the causal mask makes identical to the 77-token pass.
+caption + EOT), which the causal mask makes identical to the 77-token pass (the library's ``TextEncoder``).
 
 Reproducible and resumable: batch t is a pure function of (seed, t), so a run that was stopped continues from
 its last ``.resume.pt`` with the same data it would have seen.
@@ -28,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from edgeprompt.text_encoder import TextEncoder
 from edgeprompt.world import shapes, tiny
 
 log = logging.getLogger("edgeprompt.world.pretrain")
@@ -50,21 +56,38 @@ def to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
-def encode_text_truncated(model: torch.nn.Module, ids: torch.Tensor, embed: torch.Tensor | None = None) -> torch.Tensor:
-    """``model.encode_text(ids)`` computed on the first L = (last EOT position + 1) tokens only; exact.
+def encode_with_noise_prefix(
+    model: torch.nn.Module, ids: torch.Tensor, embed: torch.Tensor, prefix: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """Text features with ``prefix[i]`` random vectors inserted right after SOT of caption i (exact when all 0).
+
+    This is where a CoOp prompt puts its learned context. Trained this way, the text encoder has seen every
+    position a 16-token context needs and has learned that meaningless vectors there carry no meaning, so
+    tuning starts from a sensible point whatever the context's initialisation.
 
     Args:
         model: an open_clip ``CLIP``.
         ids: (n, 77) token ids.
-        embed: optional (n, 77, width) token embeddings to use instead of ``model.token_embedding(ids)``.
+        embed: (n, 77, width) their embeddings.
+        prefix: (n,) number of random vectors to insert per caption (0 = the caption unchanged).
+        noise: (n, max(prefix), width) the vectors to insert.
     """
-    eot = ids.argmax(-1)  # EOT has the largest id in the vocabulary
-    n = int(eot.max()) + 1
-    x = model.token_embedding(ids[:, :n]) if embed is None else embed[:, :n]
-    x = x + model.positional_embedding[:n]
-    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
-    x = model.ln_final(x)[torch.arange(len(ids)), eot]
-    return x @ model.text_projection
+    eot = ids.argmax(-1)
+    length = int((eot + prefix).max()) + 1
+    j = torch.arange(length)[None, :]  # (1, L) output positions
+    m = prefix[:, None]  # (n, 1)
+    width = embed.shape[-1]
+    # position j holds SOT (j = 0), inserted vector j - 1 (1 <= j <= m), else caption token j - m; past EOT the
+    # values do not matter (causal), so one gather per source and a select build the whole batch
+    from_tokens = embed.gather(1, (j - m).clamp(0, embed.shape[1] - 1)[..., None].expand(-1, -1, width))
+    if noise.shape[1]:
+        from_noise = noise.gather(
+            1, (j - 1).clamp(0, noise.shape[1] - 1).expand(len(ids), -1)[..., None].expand(-1, -1, width)
+        )
+        seq = torch.where(((j >= 1) & (j <= m))[..., None], from_noise, from_tokens)
+    else:
+        seq = from_tokens
+    return TextEncoder(model)(seq, eot + prefix)  # the library's (truncated) text path: exact for any L
 
 
 def multi_positive_loss(logits: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
@@ -103,7 +126,7 @@ def zeroshot_accuracy(
 
 def _vocab_rows(tokenizer) -> torch.Tensor:
     """Token ids a pretraining caption can contain (plus SOT, EOT and padding)."""
-    ids = tokenizer([" ".join(shapes.caption_words("pretrain"))])[0]
+    ids = tokenizer(shapes.caption_words("pretrain")).flatten()  # one word per row: a joined list overflows 77
     return torch.unique(torch.cat([ids, torch.tensor([0, tokenizer.sot_token_id, tokenizer.eot_token_id])]))
 
 
@@ -140,10 +163,10 @@ def _write_back(model: torch.nn.Module, table: torch.Tensor, rows: torch.Tensor,
 
 def pretrain(
     out_path: str | Path,
-    steps: int = 3000,
+    steps: int = 2400,
     seed: int = 0,
     batch_size: int = 128,
-    lr: float = 5e-4,
+    lr: float = 1e-3,
     warmup: int = 200,
     weight_decay: float = 0.1,
     threads: int | None = 2,
@@ -151,6 +174,10 @@ def pretrain(
     eval_every: int = 500,
     resume: bool = True,
     eval_per_class: int = 50,
+    prefix_frac: float = 0.5,
+    max_prefix: int = 16,
+    scale_init: float | None = None,
+    scale_min: float = 1.0,
 ) -> dict[str, float]:
     """Train ``edgeprompt-tiny`` from scratch and write the compact checkpoint to ``out_path``.
 
@@ -167,6 +194,9 @@ def pretrain(
         eval_every: steps between zero-shot checks on the pretrain domain and resume points (0 = neither).
         resume: continue from ``<out_path>.resume.pt`` when it exists.
         eval_per_class: images per class for the final zero-shot numbers stored in the checkpoint's metadata.
+        prefix_frac: fraction of captions that get 1..``max_prefix`` random vectors after SOT (see
+            :func:`encode_with_noise_prefix`); 0 turns this off.
+        max_prefix: most random vectors inserted; CoOp's default context length is 16.
 
     Returns:
         Final metrics: zero-shot top-1 on the shape task in both domains, wall time, steps.
@@ -180,6 +210,9 @@ def pretrain(
     out_path = Path(out_path)
     state_path = out_path.with_name(out_path.name + ".resume.pt")
     model, tokenizer, table, rows, lookup, words, opt = _build(seed, lr, weight_decay)
+    if scale_init is not None:
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(scale_init))
     start, spent = 0, 0.0
     if resume and state_path.exists():
         ckpt = torch.load(state_path, weights_only=True)
@@ -201,14 +234,18 @@ def pretrain(
         compact = lookup[ids]
         if (compact < 0).any():
             raise RuntimeError("a caption token is missing from shapes.caption_words(); add the word there")
-        text = F.normalize(encode_text_truncated(model, ids, words[compact]), dim=-1)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)  # a pure function of (seed, step): resumable
+        prefix = torch.randint(1, max_prefix + 1, (len(ids),), generator=gen)
+        prefix = prefix * (torch.rand(len(ids), generator=gen) < prefix_frac)
+        noise = torch.randn(len(ids), max_prefix, words.shape[1], generator=gen) * tiny.EMBED_STD
+        text = F.normalize(encode_with_noise_prefix(model, ids, words[compact], prefix, noise), dim=-1)
         image = F.normalize(model.encode_image(to_tensor(batch.images, size)), dim=-1)
         loss = multi_positive_loss(model.logit_scale.exp() * image @ text.T, torch.from_numpy(batch.match))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+            model.logit_scale.clamp_(math.log(scale_min), math.log(100))
         done = step + 1
         if done % log_every == 0 or done == steps:
             el = time.time() - t0
@@ -232,7 +269,8 @@ def pretrain(
         "zeroshot_shape_downstream": zeroshot_accuracy(model, domain="downstream", per_class=eval_per_class),
     }
     meta = {"model": tiny.MODEL_NAME, "embedding_seed": str(seed), "seed": str(seed), "batch_size": str(batch_size),
-            "lr": str(lr), **{k: str(v) for k, v in metrics.items()}}  # fmt: skip
+            "lr": str(lr), "prefix_frac": str(prefix_frac), "max_prefix": str(max_prefix),
+            **{k: str(v) for k, v in metrics.items()}}  # fmt: skip
     tensors, meta = tiny.pack_state_dict(model.state_dict(), rows, meta)
     tmp = out_path.with_name(out_path.name + ".tmp")
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,17 +287,22 @@ def main(argv: list[str] | None = None) -> int:
     default_out = tiny.WEIGHTS_DIR / tiny.TINY_PRETRAINED[tiny.MODEL_NAME]["shapes"]
     p = argparse.ArgumentParser(prog="python -m edgeprompt.world.pretrain", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=default_out, help=f"checkpoint to write (default: {default_out})")
-    p.add_argument("--steps", type=int, default=3000, help="optimiser steps (default: 3000)")
+    p.add_argument("--steps", type=int, default=4000, help="optimiser steps (default: 4000)")
     p.add_argument("--seed", type=int, default=0, help="init and data seed (default: 0)")
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: 5e-4)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2; use 1 on shared cores)")
     p.add_argument("--eval-every", type=int, default=500, help="steps between zero-shot checks and resume points")
     p.add_argument("--no-resume", action="store_true", help="start over even if a .resume.pt file exists")
+    # A floor at 50: the learned scale settles near 21 on this world, and DSPT's suppression needs a peaked softmax
+    # (CLIP's scale is 100); see docs/world.md.
+    p.add_argument("--scale-init", type=float, default=50.0, help="initial logit scale (default: 50)")
+    p.add_argument("--scale-min", type=float, default=50.0, help="smallest logit scale (default: 50)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     pretrain(a.out, steps=a.steps, seed=a.seed, batch_size=a.batch_size, lr=a.lr, threads=a.threads,
-             eval_every=a.eval_every, resume=not a.no_resume)  # fmt: skip
+             eval_every=a.eval_every, resume=not a.no_resume, scale_init=a.scale_init,
+             scale_min=a.scale_min)  # fmt: skip
     return 0
 
 

@@ -3,11 +3,13 @@
 Two domains share the same objects:
 
 - ``pretrain``: clean renders; captions use the pretraining vocabulary. The tiny CLIP is trained on these.
-- ``downstream``: the labeled folders users tune on. The images are shifted (colour cast, lower contrast, blur,
-  sensor noise, small distractor shapes, a background texture never seen in pretraining), and some class names
-  are words the captions never used (``RENAMED``: "rhombus" for diamond, "plus sign" for cross, "half moon" for
-  crescent, …). The image shift is mostly out of a prompt's reach; the renamed classes are the part of the
-  zero-shot gap that a learned prompt can close, as with real datasets whose label words differ from web captions.
+- ``downstream``: the labeled folders users tune on. Every image is drawn in the neon look (``STYLE``: a dark
+  backdrop, lit shapes with a glow), which pretraining shows on a quarter of its images and whose captions name it,
+  plus a background texture never seen in pretraining; and some class names are words the captions rarely or never
+  use (``RENAMED``: "rhombus" for diamond, "plus sign" for cross, "half moon" for crescent, …). Both gaps are ones a
+  learned prompt can partly close: the look is a consistent shift a prompt can describe, the renamed words are
+  label text that differs from the captions, as with real datasets. Why this world and not the others tried:
+  ``docs/world.md``.
 
 Everything is a pure function of a seed: ``ImageSpec`` holds every random choice, ``render`` draws it.
 """
@@ -31,8 +33,8 @@ from edgeprompt.registry import suggest
 # fmt: off
 TASKS = ("shape", "color", "shape-color")
 DOMAINS = ("pretrain", "downstream")
-SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross",
-          "hexagon", "pentagon", "heart", "crescent", "ring", "arrow")
+SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "hexagon", "pentagon", "heart", "crescent",
+          "ring", "arrow", "oval", "rectangle", "trapezoid", "semicircle", "bolt", "chevron", "hourglass", "frame")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35), "orange": (245, 135, 20), "yellow": (240, 215, 30), "green": (35, 165, 55),
     "cyan": (30, 200, 210), "blue": (35, 70, 215), "purple": (135, 50, 185), "pink": (245, 115, 185),
@@ -44,7 +46,15 @@ SIZES: dict[str, tuple[float, float]] = {"small": (0.19, 0.25), "medium": (0.25,
 # Five of the twelve shapes are renamed: with three, clean 16-shot CoOp gained only ~5 points over zero-shot
 # (the image-side shift dominated); with five, zero-shot falls to ~45 % and a tuned prompt gains ~12 points.
 RENAMED: dict[str, str] = {"diamond": "rhombus", "cross": "plus sign", "ring": "donut", "star": "pentagram",
-                           "crescent": "half moon", "purple": "violet", "cyan": "teal"}
+                           "crescent": "half moon", "oval": "ellipse", "bolt": "zigzag",
+                           "purple": "violet", "cyan": "teal"}
+# Pretraining captions name these downstream words only now and then (probability per caption of that shape).
+RARE_IN_PRETRAIN: dict[str, float] = {"rhombus": 0.05, "donut": 0.05, "ellipse": 0.05}
+# The downstream look: every downstream image is drawn in neon (a dark backdrop, lit shapes with a glow). Pretraining
+# shows the same look on a quarter of its images, and those captions name it; a caption that names no look describes
+# a plain picture. So "a photo of a {}" is the wrong description downstream, and a prompt can learn the right one.
+STYLE, STYLE_P = "neon", 0.25
+STYLE_PHRASES = {"neon": (" in neon", " glowing in neon")}
 # Caption words per attribute value; synonyms make the text side less brittle.
 _SIZE_WORDS = {"small": ("small", "little"), "medium": ("medium", "medium-sized"), "large": ("large", "big")}
 _TEXTURE_WORDS = {"flat": ("plain", "flat"), "stripes": ("striped",), "checker": ("checkered", "checkerboard"),
@@ -87,6 +97,7 @@ class ImageSpec:
     contrast: float = 1.0  # 1 = unchanged; lower pulls pixels toward the image mean
     blur: float = 0.0  # Gaussian blur radius / canvas side
     noise: float = 0.0  # sensor noise std, in 0..255 units
+    style: str = "plain"  # plain | neon: a whole-image look that captions name (STYLE_PHRASES)
 
 
 class PretrainBatch(NamedTuple):
@@ -171,10 +182,31 @@ _GEOMETRY: dict[str, list[tuple[np.ndarray, int]]] = {
     "ring": [(_ngon(48), 255), (_ngon(48, 0.55), 0)],
     "arrow": [(np.array([[-1, -0.28], [0.15, -0.28], [0.15, -0.7], [1.05, 0], [0.15, 0.7], [0.15, 0.28],
                          [-1, 0.28]]), 255)],
+    "oval": [(_ngon(48) * [1.15, 0.6], 255)],
+    "rectangle": [(np.array([[-1.2, -0.6], [1.2, -0.6], [1.2, 0.6], [-1.2, 0.6]]), 255)],
+    "trapezoid": [(np.array([[-0.5, -0.75], [0.5, -0.75], [1.15, 0.75], [-1.15, 0.75]]), 255)],
+    "semicircle": [(_ngon(48, 1.15)[12:37] + [0.0, -0.5], 255)],
+    "bolt": [(np.array([[0.15, -1.15], [-0.65, 0.15], [-0.05, 0.15], [-0.3, 1.15], [0.65, -0.2], [0.05, -0.2],
+                        [0.4, -1.15]]), 255)],
+    "chevron": [(np.array([[-1.0, -0.7], [0.0, 0.1], [1.0, -0.7], [1.0, -0.05], [0.0, 0.75], [-1.0, -0.05]]), 255)],
+    "hourglass": [(np.array([[-0.75, -1.05], [0.75, -1.05], [0.0, 0.05]]), 255),
+                  (np.array([[-0.75, 1.05], [0.75, 1.05], [0.0, -0.05]]), 255)],
+    "frame": [(_ngon(4, 1.25, np.pi / 4), 255), (_ngon(4, 0.72, np.pi / 4), 0)],
 }
 # fmt: on
 # Rotation range per shape: small where a larger turn would make another class (square -> diamond, cross -> x).
-_MAX_TURN = {"square": 20.0, "diamond": 20.0, "cross": 20.0, "heart": 30.0}
+_MAX_TURN = {
+    "square": 20.0,
+    "diamond": 20.0,
+    "cross": 20.0,
+    "heart": 30.0,
+    "frame": 20.0,
+    "trapezoid": 30.0,
+    "semicircle": 40.0,
+    "chevron": 30.0,
+    "hourglass": 30.0,
+    "bolt": 30.0,
+}
 
 
 def _mask(shape: str, radius: float, cx: float, cy: float, angle: float, size: int) -> np.ndarray:
@@ -224,6 +256,8 @@ def _background(spec: ImageSpec, size: int) -> np.ndarray:
 def render(spec: ImageSpec, size: int = 64) -> Image.Image:
     """Draw ``spec`` as a ``size`` x ``size`` RGB image (deterministic)."""
     img = _background(spec, size)
+    if spec.style == "neon":  # a dark backdrop, the shapes stay lit
+        img = img * 0.16
     items = [*spec.clutter, (spec.shape, spec.rgb, spec.radius, spec.cx, spec.cy, spec.angle)]
     for shape, rgb, radius, cx, cy, angle in items:  # distractors first, so the labeled shape is on top
         m = _mask(shape, radius, cx, cy, angle, size)[..., None]
@@ -232,6 +266,9 @@ def render(spec: ImageSpec, size: int = 64) -> Image.Image:
         img = img.mean((0, 1)) + (img - img.mean((0, 1))) * spec.contrast
     img = img * np.array(spec.cast, np.float32)
     out = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
+    if spec.style == "neon":  # the glow: a blurred copy added on top
+        glow = np.asarray(out.filter(ImageFilter.GaussianBlur(0.05 * size)), np.float32)
+        out = Image.fromarray(np.clip(np.asarray(out, np.float32) + 0.8 * glow + 0.5, 0, 255).astype(np.uint8))
     if spec.blur > 0:
         out = out.filter(ImageFilter.GaussianBlur(spec.blur * size))
     if spec.noise > 0:
@@ -286,26 +323,9 @@ def sample_spec(
                 seed=int(rng.integers(2**31)))
     # fmt: on
     if domain == "pretrain":
-        return ImageSpec(**base)
-    clutter = tuple(_distractor(rng) for _ in range(rng.choice(4, p=[0.2, 0.35, 0.3, 0.15])))
-    direction = rng.normal(size=3)
-    cast = 1 + rng.uniform(0.1, 0.25) * direction / np.linalg.norm(direction)
-    return ImageSpec(
-        **base,
-        clutter=clutter,
-        cast=tuple(float(g) for g in cast),  # type: ignore[arg-type]
-        contrast=float(rng.uniform(0.6, 0.95)),
-        blur=float(rng.uniform(0.005, 0.018)),
-        noise=float(rng.uniform(4, 14)),
-    )
-
-
-def _distractor(rng: np.random.Generator) -> Distractor:
-    """A small shape of any kind and colour: downstream clutter the label does not describe."""
-    r = float(rng.uniform(0.07, 0.12))
-    other = SHAPES[rng.integers(len(SHAPES))]
-    rgb = _jitter(rng, list(COLORS.values())[rng.integers(len(COLORS))], 18)
-    return (other, rgb, r, *_place(rng, r), float(rng.uniform(-180, 180)))
+        style = STYLE if rng.random() < STYLE_P else "plain"
+        return ImageSpec(**base, style=style)
+    return ImageSpec(**base, style=STYLE)
 
 
 # ----------------------------------------------------------------------------------------------- captions
@@ -314,18 +334,29 @@ def _distractor(rng: np.random.Generator) -> Distractor:
 def _caption_and_mentions(spec: ImageSpec, rng: np.random.Generator) -> tuple[str, frozenset[tuple[str, str]]]:
     template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
     fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    shape_word = label_word(spec.shape, spec.domain)
+    rare = RENAMED.get(spec.shape)
+    if spec.domain == "pretrain" and rare in RARE_IN_PRETRAIN and rng.random() < RARE_IN_PRETRAIN[rare]:
+        shape_word = rare  # a word the pretraining captions use only now and then
     words = {
-        "shape": label_word(spec.shape, spec.domain),
+        "shape": shape_word,
         "color": label_word(spec.color, spec.domain),
         "size": rng.choice(_SIZE_WORDS[spec.size]),
         "texture": rng.choice(_TEXTURE_WORDS[spec.texture]),
     }
     text = template.format(**{k: words[k] for k in fields})
+    mentions = {(f, getattr(spec, f)) for f in fields}
+    if spec.style != "plain":
+        phrases = STYLE_PHRASES[spec.style]
+        text += phrases[rng.integers(len(phrases))]
+        mentions.add(("style", spec.style))
+    else:
+        mentions.add(("style", "plain"))  # a caption that names no look describes a plain picture
     if rng.random() < 0.7:  # mostly grammatical articles; sometimes "a arrow", as a fixed prompt template writes it
         text = re.sub(r"\ba ([aeiou])", r"an \1", text)
     if rng.random() < 0.5:
         text += "."
-    return text, frozenset((f, getattr(spec, f)) for f in fields)
+    return text, frozenset(mentions)
 
 
 def caption_words(domain: str = "pretrain") -> list[str]:
@@ -334,6 +365,12 @@ def caption_words(domain: str = "pretrain") -> list[str]:
     words = {w for t in _TEMPLATES for w in re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", t))} | {"an", "."}
     for v in (*SHAPES, *COLORS):
         words.update(label_word(v, domain).split())
+    if domain == "pretrain":
+        for w in RARE_IN_PRETRAIN:
+            words.update(w.split())
+    for phrases in STYLE_PHRASES.values():
+        for ph in phrases:
+            words.update(re.findall(r"[a-z]+", ph))
     for table in (_SIZE_WORDS, _TEXTURE_WORDS):
         words.update(w for k, ws in table.items() if k in SIZES or k in TEXTURES[domain] for w in ws)
     return sorted(words)
@@ -359,8 +396,8 @@ def pretrain_batch(rng: np.random.Generator, n: int, size: int = 64, domain: str
     """
     specs = [sample_spec(rng, domain) for _ in range(n)]
     caps = [_caption_and_mentions(s, rng) for s in specs]
-    keys = ("shape", "color", "size", "texture")
-    have = np.array([[getattr(s, k) for k in keys] for s in specs])  # (n, 4) attribute values
+    keys = ("shape", "color", "size", "texture", "style")
+    have = np.array([[getattr(s, k) for k in keys] for s in specs])  # (n, 5) attribute values
     want = np.array([[dict(m).get(k, "") for k in keys] for _, m in caps])  # "" = not mentioned
     match = ((have[:, None] == want[None]) | (want[None] == "")).all(-1)
     images = np.stack([np.asarray(render(s, size)) for s in specs])
