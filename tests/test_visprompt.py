@@ -109,7 +109,7 @@ def test_config_and_heads(tiny_backbone) -> None:  # noqa: ANN001
 
 
 def test_block_shapes_and_identity_start(tiny_backbone) -> None:  # noqa: ANN001
-    m = create_method("visprompt", tiny_backbone, CLASSES).eval()
+    m = create_method("visprompt", tiny_backbone, CLASSES, zero_init=True).eval()
     batch = feats(tiny_backbone)
     b, mm, d = 3, m.cfg.n_ctx, tiny_backbone.text.width
     ctx, parts = m.block(m.prompt.ctx, m.image_tokens(batch), parts=True)
@@ -148,7 +148,7 @@ def test_query_key_gradient(tiny_backbone, kv: str) -> None:  # noqa: ANN001
 
 def test_zero_init_gradients_flow_after_one_step(tiny_backbone) -> None:  # noqa: ANN001
     torch.manual_seed(0)
-    m = create_method("visprompt", tiny_backbone, CLASSES, dropout=0.0)
+    m = create_method("visprompt", tiny_backbone, CLASSES, dropout=0.0, zero_init=True)
     batch = feats(tiny_backbone)
     _backward(m, batch)
     blk = m.block

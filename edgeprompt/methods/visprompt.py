@@ -53,7 +53,9 @@ class VisPromptConfig:
     residual: str = "blend"  # blend: C + g*(C~ - C) (figure) | add: C + g*C~ (released code)
     ffn: bool = True  # pre-LN FFN residual after the gated FiLM
     dropout: float = 0.1  # attention-weight and FFN dropout
-    zero_init: bool = True  # FiLM and FFN output layers start at 0: step 0 is exactly CoOp (False: PyTorch defaults)
+    # True: FiLM and FFN output layers start at 0, step 0 is exactly CoOp. False (default, as the released code):
+    # PyTorch's inits; at 75 % noise it kept the prior where zero-init collapsed on one seed (docs/visprompt.md)
+    zero_init: bool = False
     gce_q: float = 0.5  # GCE's q on the OT-noisy samples
     ot: bool = True  # per-epoch OT split (False: CE on every sample)
     ot_eps: float = 0.01  # Sinkhorn entropic regularisation
