@@ -249,7 +249,7 @@ def demo(
         first = r["rows"][-1]
         table(f"Clean test top-1 on the shapes world ({len(r['classes'])} classes, {first['n_train']} tuning images). "
               f"Read: tuning on clean labels beats the zero-shot prior; at {r['noise']} ({first['n_flipped']} labels "
-              f"flipped) CoOp's cross-entropy memorises the flips, the robust methods stay at or above the zero-shot prior.",
+              f"flipped) CoOp's cross-entropy memorises the flips, the robust methods stay near the zero-shot prior.",
               ["method", "labels", "test top-1 %", "tuning acc, clean %", "flipped memorised %", "tune s"],
               [[x["label"], x["noise"], pct(x["test_top1"]), pct(x["train_acc_clean"]), pct(x["flipped_memorized"]),
                 x["tune_s"]] for x in r["rows"]])
