@@ -37,6 +37,11 @@ from edgeprompt.text_encoder import TextEncoder
 from edgeprompt.world import shapes, tiny
 
 log = logging.getLogger("edgeprompt.world.pretrain")
+# The settings the shipped weights were trained with; the CLI's defaults are these.
+STEPS, LR = 4000, 1e-3
+# A logit-scale floor: unclamped, the learned scale settles near 21 on this world, and DSPT's suppression needs a
+# peaked softmax (CLIP's scale is 100); see docs/world.md.
+SCALE_FLOOR = 50.0
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # open_clip's default preprocessing
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
@@ -163,10 +168,10 @@ def _write_back(model: torch.nn.Module, table: torch.Tensor, rows: torch.Tensor,
 
 def pretrain(
     out_path: str | Path,
-    steps: int = 2400,
+    steps: int = STEPS,
     seed: int = 0,
     batch_size: int = 128,
-    lr: float = 1e-3,
+    lr: float = LR,
     warmup: int = 200,
     weight_decay: float = 0.1,
     threads: int | None = 2,
@@ -176,8 +181,8 @@ def pretrain(
     eval_per_class: int = 50,
     prefix_frac: float = 0.5,
     max_prefix: int = 16,
-    scale_init: float | None = None,
-    scale_min: float = 1.0,
+    scale_init: float | None = SCALE_FLOOR,
+    scale_min: float = SCALE_FLOOR,
 ) -> dict[str, float]:
     """Train ``edgeprompt-tiny`` from scratch and write the compact checkpoint to ``out_path``.
 
@@ -197,6 +202,8 @@ def pretrain(
         prefix_frac: fraction of captions that get 1..``max_prefix`` random vectors after SOT (see
             :func:`encode_with_noise_prefix`); 0 turns this off.
         max_prefix: most random vectors inserted; CoOp's default context length is 16.
+        scale_init: the logit scale at step 0 (None: open_clip's 1/0.07).
+        scale_min: the floor the logit scale is clamped to after every step (``SCALE_FLOOR``).
 
     Returns:
         Final metrics: zero-shot top-1 on the shape task in both domains, wall time, steps.
@@ -287,17 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     default_out = tiny.WEIGHTS_DIR / tiny.TINY_PRETRAINED[tiny.MODEL_NAME]["shapes"]
     p = argparse.ArgumentParser(prog="python -m edgeprompt.world.pretrain", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=default_out, help=f"checkpoint to write (default: {default_out})")
-    p.add_argument("--steps", type=int, default=4000, help="optimiser steps (default: 4000)")
+    p.add_argument("--steps", type=int, default=STEPS, help=f"optimiser steps (default: {STEPS})")
     p.add_argument("--seed", type=int, default=0, help="init and data seed (default: 0)")
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    p.add_argument("--lr", type=float, default=LR, help=f"peak learning rate (default: {LR:g})")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2; use 1 on shared cores)")
     p.add_argument("--eval-every", type=int, default=500, help="steps between zero-shot checks and resume points")
     p.add_argument("--no-resume", action="store_true", help="start over even if a .resume.pt file exists")
-    # A floor at 50: the learned scale settles near 21 on this world, and DSPT's suppression needs a peaked softmax
-    # (CLIP's scale is 100); see docs/world.md.
-    p.add_argument("--scale-init", type=float, default=50.0, help="initial logit scale (default: 50)")
-    p.add_argument("--scale-min", type=float, default=50.0, help="smallest logit scale (default: 50)")
+    p.add_argument("--scale-init", type=float, default=SCALE_FLOOR, help=f"initial logit scale ({SCALE_FLOOR:g})")
+    p.add_argument("--scale-min", type=float, default=SCALE_FLOOR, help=f"logit scale floor ({SCALE_FLOOR:g})")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     pretrain(a.out, steps=a.steps, seed=a.seed, batch_size=a.batch_size, lr=a.lr, threads=a.threads,
