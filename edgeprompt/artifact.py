@@ -25,6 +25,15 @@ CONFIG_FILE = "config.json"
 SPLIT_FILE = "train_split.json"
 
 
+def run_data(run_dir: str | Path) -> dict[str, str | None]:
+    """The data a run was tuned on, as an output check names it (``config.json``; empty when unreadable)."""
+    try:
+        cfg = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+        return {"the run's training data": cfg.get("train"), "the run's validation data": cfg.get("val")}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 @dataclass
 class LoadedRun:
     """A run rebuilt in memory."""

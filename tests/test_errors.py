@@ -56,6 +56,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> dict[str
     (files / "list.json").write_text("[1, 2]")
     (files / "one-name.txt").write_text("red\n")
     (files / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (files / "dangling").symlink_to(root / "no" / "such" / "place")
     other = make_folder(root / "other", per_class=2, size=32)
     (other / "green").rename(other / "yellow")
     return {"data": data, "cache": cache, "run": run, "bundle": bundle, "files": files, "other": other,
@@ -212,6 +213,55 @@ CASES: list[Case] = [
     ("data-unknown-task", lambda w, m, o: ["data", "shapes", str(o), "--task", "shapes"], "Did you mean 'shape'"),
     ("data-zero-per-class", lambda w, m, o: ["data", "shapes", str(o), "--per-class", "0"], "per-class"),
     ("data-tiny-images", lambda w, m, o: ["data", "shapes", str(o), "--image-size", "4"], "image size"),
+    # outputs never land on, over or inside an input, and --overwrite replaces only an earlier output of its kind
+    ("export-out-is-training-data", lambda w, m, o: ["export", str(w["run"]), "--out", str(w["data"]), "--overwrite"],
+     "overlaps the run's training data"),
+    ("export-out-inside-training-data", lambda w, m, o: ["export", str(w["run"]), "--out", str(w["data"] / "b")],
+     "overlaps the run's training data"),
+    ("export-triton-inside-training-data", lambda w, m, o: ["export", str(w["run"]), "--out", str(o), "--triton",
+                                                            str(w["data"] / "models")], "--triton"),
+    ("export-overwrite-foreign-folder", lambda w, m, o: ["export", str(w["run"]), "--out", str(w["files"]),
+                                                         "--overwrite"], "not an edgeprompt bundle"),
+    ("tune-overwrite-foreign-folder", lambda w, m, o: _tune(w, m, w["files"], "--overwrite"),
+     "not an edgeprompt run directory"),
+    ("tune-overwrite-a-bundle", lambda w, m, o: _tune(w, m, w["bundle"], "--overwrite"),
+     "not an edgeprompt run directory"),
+    ("data-overwrite-foreign-folder", lambda w, m, o: ["data", "shapes", str(w["files"]), "--overwrite"],
+     "not an edgeprompt generated dataset"),
+    ("data-overwrite-labeled-data", lambda w, m, o: ["data", "shapes", str(w["data"]), "--overwrite"],
+     "not an edgeprompt generated dataset"),
+    ("audit-overwrite-foreign-folder", lambda w, m, o: ["audit", str(w["data"]), "--out", str(w["files"]),
+                                                        "--overwrite"], "not an edgeprompt audit report"),
+    ("sweep-out-foreign-folder", lambda w, m, o: ["sweep", str(w["data"]), "--test", str(w["data"]), "--out",
+                                                  str(w["files"])], "not an edgeprompt sweep"),
+    ("eval-cache-inside-test-data", lambda w, m, o: ["eval", str(w["run"]), str(w["other"]), "--cache-dir",
+                                                     str(w["other"] / "c")], "--cache-dir"),
+    ("eval-cache-inside-run-data", lambda w, m, o: ["eval", str(w["run"]), "--train", "--cache-dir",
+                                                    str(w["data"] / "c")], "overlaps the run's training data"),
+    ("extract-cache-inside-data", lambda w, m, o: ["extract", str(w["data"]), "--cache-dir", str(w["data"] / "c")],
+     "--cache-dir"),
+    ("audit-cache-inside-data", lambda w, m, o: ["audit", str(w["data"]), "--out", str(o), "--cache-dir",
+                                                 str(w["data"] / "c")], "--cache-dir"),
+    ("sweep-cache-inside-data", lambda w, m, o: ["sweep", str(w["data"]), "--test", str(w["data"]), "--out", str(o),
+                                                 "--cache-dir", str(w["data"] / "c")], "--cache-dir"),
+    # outputs the file system cannot take: below a file, through a dangling link
+    ("tune-out-below-a-file", lambda w, m, o: _tune(w, m, w["files"] / "notes.txt" / "run"), "is a file"),
+    ("export-out-below-a-file", lambda w, m, o: ["export", str(w["run"]), "--out", str(w["files"] / "notes.txt" / "b")],
+     "is a file"),
+    ("data-out-below-a-file", lambda w, m, o: ["data", "shapes", str(w["files"] / "notes.txt" / "d")], "is a file"),
+    ("sweep-out-below-a-file", lambda w, m, o: ["sweep", str(w["data"]), "--test", str(w["data"]), "--out",
+                                                str(w["files"] / "notes.txt" / "s")], "is a file"),
+    ("audit-out-below-a-file", lambda w, m, o: ["audit", str(w["data"]), "--out", str(w["files"] / "notes.txt" / "a")],
+     "is a file"),
+    ("audit-fixed-below-a-file", lambda w, m, o: ["audit", str(w["data"]), "--out", str(o), "--write-fixed",
+                                                  str(w["files"] / "notes.txt" / "f.csv")], "is a file"),
+    ("bench-out-below-a-file", lambda w, m, o: ["bench", str(w["bundle"]), "--out",
+                                                str(w["files"] / "notes.txt" / "b")], "is a file"),
+    ("export-triton-below-a-file", lambda w, m, o: ["export", str(w["bundle"]), "--triton",
+                                                    str(w["files"] / "notes.txt" / "m")], "is a file"),
+    ("tune-out-dangling-link", lambda w, m, o: _tune(w, m, w["files"] / "dangling"), "symbolic link"),
+    ("export-out-dangling-link", lambda w, m, o: ["export", str(w["run"]), "--out", str(w["files"] / "dangling")],
+     "symbolic link"),
     # the command line itself
     ("cli-unknown-option", lambda w, m, o: ["tune", str(w["data"]), "--out", str(o), "--epoch", "3"],
      "No such option"),
@@ -222,6 +272,17 @@ CASES: list[Case] = [
 ]
 
 
+def _snapshot(root: Path) -> dict[str, bytes | str | None]:
+    """Every path under ``root`` (the feature cache aside) with its bytes, or its link target, or None (a folder)."""
+    snap: dict[str, bytes | str | None] = {}
+    for p in sorted(root.rglob("*")):
+        if "cache" in p.relative_to(root).parts:
+            continue
+        snap[str(p.relative_to(root))] = (str(p.readlink()) if p.is_symlink() else p.read_bytes() if p.is_file()
+                                          else None)
+    return snap
+
+
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_error_catalogue(case: Case, as_json: bool, world: dict[str, Path], tiny_model: str, tmp_path: Path,
@@ -229,7 +290,7 @@ def test_error_catalogue(case: Case, as_json: bool, world: dict[str, Path], tiny
     name, build, needle = case
     out = tmp_path / "out" / "target"
     argv = build(world, tiny_model, out) + (["--json"] if as_json else [])
-    before = sorted(p.relative_to(world["root"]) for p in world["root"].rglob("*") if "cache" not in p.parts)
+    before = _snapshot(world["root"])
     code, stdout, stderr = run_cli(argv, capsys)
     assert code == 2, (name, stdout, stderr)
     assert "Traceback" not in stderr + stdout
@@ -238,12 +299,11 @@ def test_error_catalogue(case: Case, as_json: bool, world: dict[str, Path], tiny
     if as_json:
         obj = json.loads(stdout.strip().splitlines()[-1])  # the stdout contract: one JSON object
         assert set(obj) == {"error", "kind"} and needle in obj["error"] and obj["kind"] in (
-            "config", "data", "artifact", "export", "dependency", "usage")
+            "config", "data", "artifact", "export", "dependency", "usage", "filesystem")
     else:
         assert stdout == ""
     assert not (tmp_path / "out").exists()  # nothing at the output location, not even its parent folder
-    after = sorted(p.relative_to(world["root"]) for p in world["root"].rglob("*") if "cache" not in p.parts)
-    assert after == before  # and nothing added to or removed from the inputs
+    assert _snapshot(world["root"]) == before  # and nothing added to, removed from or changed in the inputs
 
 
 def test_catalogue_is_large_enough() -> None:

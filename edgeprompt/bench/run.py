@@ -20,7 +20,7 @@ from edgeprompt.bench.latency import measure_latency
 from edgeprompt.bench.report import environment, markdown_table
 from edgeprompt.config import BENCH_BACKENDS, BenchConfig
 from edgeprompt.errors import ConfigError, EdgePromptError
-from edgeprompt.fileio import atomic_write_json, atomic_write_text, check_not_inside
+from edgeprompt.fileio import atomic_write_json, atomic_write_text, check_not_inside, check_writable_parent
 from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, ONNX_FP32_FILE, Manifest
 from edgeprompt.progress import NullReporter, Reporter
 from edgeprompt.registry import suggest
@@ -135,6 +135,7 @@ def bench(cfg: BenchConfig, reporter: Reporter | None = None,
     out = Path(cfg.out) if cfg.out is not None else None
     if out is not None:
         check_not_inside(out, {"the bundle": bundle, "the test data": cfg.data})
+        check_writable_parent(out / "bench.json")  # now, not after the benchmark ran
     paths: list[Path] = []
     labels = None
     if cfg.data is not None:

@@ -95,6 +95,21 @@ def error_kind(e: BaseException) -> str:
     return "usage"
 
 
+def os_error_line(e: OSError) -> str:
+    """One line for a file-system failure: what, where, and what to do."""
+    import errno
+
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f) or "a file"
+    hint = {errno.ENOSPC: "free some space, or choose another output folder",
+            errno.EDQUOT: "free some space, or choose another output folder",
+            errno.EACCES: "check the permissions, or choose another output folder",
+            errno.EPERM: "check the permissions, or choose another output folder",
+            errno.EROFS: "the file system is read-only: choose another output folder",
+            errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+            errno.ENAMETOOLONG: "the path is too long: use a shorter one"}.get(e.errno or 0, "check the path")
+    return f"{where}: {e.strerror or e}; {hint}"
+
+
 def fail(message: str, kind: str, as_json: bool) -> None:
     """One line on stderr (and with ``--json`` one JSON object on stdout), then exit code 2."""
     message = " ".join(message.split())  # one line, whatever the exception text held
@@ -115,8 +130,13 @@ def command(fn: F) -> F:
             return fn(*args, **kwargs)
         except EdgePromptError as e:
             fail(str(e), error_kind(e), bool(kwargs.get("as_json")))
+        except OSError as e:  # the file system said no (full disk, permissions, a path under a file): name the file
+            fail(os_error_line(e), "filesystem", bool(kwargs.get("as_json")))
         except KeyboardInterrupt:
             typer.echo("interrupted: run the same command again to resume where it stopped", err=True)
+            if kwargs.get("as_json"):
+                sys.stdout.write(json.dumps({"error": "interrupted", "kind": "interrupted"}) + "\n")
+                sys.stdout.flush()
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

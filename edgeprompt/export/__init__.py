@@ -130,7 +130,10 @@ def export(cfg: ExportConfig, reporter: Any = None) -> dict[str, Any]:
             cfg = dataclasses.replace(cfg, out=str(default_bundle_dir(cfg.source)))
         bundle = Path(str(cfg.out))
         if cfg.triton is not None:
-            model_dir(cfg.triton, bundle, cfg.overwrite, {"the run directory": cfg.source, "the bundle": bundle})
+            from edgeprompt.artifact import run_data
+
+            model_dir(cfg.triton, bundle, cfg.overwrite,
+                      {"the run directory": cfg.source, "the bundle": bundle, **run_data(cfg.source)})
         result = export_run(cfg, reporter)
     if cfg.triton is None:
         return result

@@ -28,12 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgeprompt.artifact import run_data
 from edgeprompt.config import ExportConfig
 from edgeprompt.errors import ConfigError
 from edgeprompt.export import check_formats
 from edgeprompt.export.target import build_engine_into
 from edgeprompt.export.tensorrt import TRTEXEC_SCRIPT, require_trt_build, write_trtexec_script
-from edgeprompt.fileio import atomic_dir, check_not_inside, output_lock, sha256_file
+from edgeprompt.fileio import atomic_dir, guard_output, output_lock, sha256_file
 from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, ONNX_FP32_FILE, IOSpec, Manifest
 from edgeprompt.progress import NullReporter, Reporter
 
@@ -87,10 +88,9 @@ def export_run(cfg: ExportConfig, reporter: Reporter | None = None) -> dict[str,
         require_trt_build()  # one line, before any file is read or written
     if cfg.out is None:
         raise ConfigError("export_run needs cfg.out (the bundle directory to create)")
-    out, run_dir = Path(cfg.out), Path(cfg.source)
-    check_not_inside(out, {"the run directory": run_dir})
-    if out.exists() and not cfg.overwrite:
-        raise ConfigError(f"{out} already exists: pass --overwrite, or choose another --out")
+    run_dir = Path(cfg.source)
+    out = guard_output(cfg.out, "bundle", {"the run directory": run_dir, **run_data(run_dir)},
+                       overwrite=cfg.overwrite)
     with output_lock(out):
         return _export(cfg, run_dir, out, formats, reporter or NullReporter())
 

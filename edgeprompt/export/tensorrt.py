@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shlex
-import stat
 import time
 from pathlib import Path
 from types import ModuleType
@@ -31,7 +30,7 @@ from typing import Any
 from edgeprompt._gpu import TRT_MISSING, cuda_gpu_status, tensorrt_status
 from edgeprompt.config import TrtProfile
 from edgeprompt.errors import ConfigError, ExportError, MissingDependencyError
-from edgeprompt.fileio import atomic_write_bytes, atomic_write_text
+from edgeprompt.fileio import atomic_write_bytes, atomic_write_text, umask
 from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, IOSpec
 
 log = logging.getLogger(__name__)
@@ -219,7 +218,7 @@ else
 fi
 """
     path = atomic_write_text(Path(bundle_dir) / TRTEXEC_SCRIPT, text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    path.chmod(0o777 & ~umask())  # executable for whoever may read it
     return path
 
 

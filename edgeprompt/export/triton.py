@@ -28,7 +28,7 @@ from typing import Any
 
 from edgeprompt.config import TritonConfig, TrtProfile
 from edgeprompt.errors import ArtifactError, ConfigError, ExportError
-from edgeprompt.fileio import atomic_dir, check_not_inside, output_lock, sha256_file
+from edgeprompt.fileio import atomic_dir, check_not_inside, guard_output, output_lock, sha256_file
 from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, OUTPUT_PROBS, Manifest, TensorSpec, read_bundle_manifest
 from edgeprompt.version import __version__
 
@@ -65,10 +65,10 @@ def model_dir(cfg: TritonConfig, bundle: Path, overwrite: bool, inputs: Mapping[
     cfg.validate()
     final = Path(cfg.repo) / model_name(cfg, bundle)
     check_not_inside(cfg.repo, dict(inputs), "--triton")
-    if final.exists() and not overwrite:
+    if (final.exists() or final.is_symlink()) and not overwrite:
         raise ConfigError(f"{final} already exists in the Triton repository: pass --overwrite to replace that model, "
                           f"or --triton-name to add another")
-    return final
+    return guard_output(final, "Triton model", dict(inputs), overwrite=overwrite, flag="--triton")
 
 
 def resolve_platform(cfg: TritonConfig, bundle: Path) -> str:
@@ -255,11 +255,10 @@ def write_repository(bundle_dir: str | Path, cfg: TritonConfig, *, overwrite: bo
         (tmp / VERSION_DIR).mkdir()
         for src, dst in files.items():
             shutil.copyfile(bundle / src, tmp / VERSION_DIR / dst)
-        # plain writes inside the temp folder (the folder's rename is the atomic step): mkstemp's 0600 files, and
-        # mkdtemp's 0700 folder, would hide the model from a server running as another user (as in containers)
+        # plain writes inside the temp folder (the folder's rename is the atomic step); atomic_dir gives the folder
+        # the umask's mode, so a server running as another user (as in containers) can read the model
         (tmp / LABELS_FILE).write_text("".join(f"{c}\n" for c in manifest.classnames), encoding="utf-8")
         (tmp / CONFIG_FILE).write_text(text, encoding="utf-8")
-        tmp.chmod(0o755)
     return {"repo": str(cfg.repo), "model": final.name, "path": str(final), "platform": config["platform"],
             "max_batch_size": config["max_batch_size"], "max_batch_from": source, "precision": precision,
             "files": sorted([CONFIG_FILE, LABELS_FILE, *(f"{VERSION_DIR}/{d}" for d in files.values())]),

@@ -20,16 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeprompt.artifact import run_data
 from edgeprompt.backbone import create_backbone
 from edgeprompt.config import AuditConfig, TrainConfig, resolve_tune
 from edgeprompt.data import load_labeled
 from edgeprompt.data.folder import LabeledSet, image_side
 from edgeprompt.errors import ConfigError, MissingDependencyError
-from edgeprompt.fileio import check_not_inside, output_lock
+from edgeprompt.fileio import check_not_inside, check_writable_parent, guard_output, output_lock
 from edgeprompt.methods import create_method
 from edgeprompt.methods.base import batched_logits, build_config, method_config_class
 from edgeprompt.progress import NullReporter, Reporter
-from edgeprompt.train.cache import AugmentSpec, FeatureCache
+from edgeprompt.train.cache import AugmentSpec, FeatureCache, check_cache_dir
 from edgeprompt.train.trainer import TrainSet, fit, resolve_device
 
 
@@ -137,14 +138,14 @@ def audit(cfg: AuditConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     cfg.validate()
     if cfg.run is not None:
         cfg = recipe_from_run(cfg, cfg.run)
-    out = Path(cfg.out)
-    inputs = {"the audited data": cfg.train}
-    check_not_inside(out, inputs)
+    inputs = {"the audited data": cfg.train, **(run_data(cfg.run) if cfg.run else {})}
+    out = guard_output(cfg.out, "audit report", inputs, overwrite=cfg.overwrite)
+    check_cache_dir(cfg.cache_dir, inputs)
     if cfg.write_fixed:
         check_not_inside(cfg.write_fixed, inputs, "--write-fixed")
-    for path in (out, Path(cfg.write_fixed) if cfg.write_fixed else None):
-        if path is not None and path.exists() and not cfg.overwrite:
-            raise ConfigError(f"{path} already exists: pass --overwrite, or choose another path")
+        check_writable_parent(Path(cfg.write_fixed), "--write-fixed")
+        if Path(cfg.write_fixed).exists() and not cfg.overwrite:
+            raise ConfigError(f"{cfg.write_fixed} already exists: pass --overwrite, or choose another --write-fixed")
     build_config(cfg.method, cfg.options)
     data = load_labeled(cfg.train, strict=cfg.strict, progress=rep.task("checking images"))
     if min(data.counts()) < cfg.folds:

@@ -42,6 +42,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("EDGEPROMPT_CACHE") or Path.home() / ".cache" / "edgeprompt")
 
 
+def check_cache_dir(cache_dir: str | os.PathLike[str] | None, inputs: dict[str, str | os.PathLike[str] | None]) -> None:
+    """Refuse a feature cache on, over or inside the command's data (the next scan would find it as a class)."""
+    from edgeprompt.fileio import check_not_inside
+
+    check_not_inside(cache_dir or default_cache_dir(), inputs, "--cache-dir" if cache_dir else "$EDGEPROMPT_CACHE")
+
+
 @dataclass(frozen=True)
 class AugmentSpec:
     """The training-view recipe (part of the cache key)."""

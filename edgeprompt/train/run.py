@@ -17,18 +17,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeprompt.artifact import SPLIT_FILE, load_run, save_state
+from edgeprompt.artifact import SPLIT_FILE, load_run, run_data, save_state
 from edgeprompt.backbone import create_backbone
 from edgeprompt.config import COOP_CROP, TuneConfig, resolve_tune
 from edgeprompt.data import apply_noise, load_labeled, parse_noise, sample_few_shot
 from edgeprompt.data.folder import LabeledSet, image_side, match_classes
 from edgeprompt.errors import ArtifactError, ConfigError
-from edgeprompt.fileio import atomic_write_json, check_not_inside, output_lock, replace_dir
+from edgeprompt.fileio import atomic_write_json, guard_output, output_lock, replace_dir
 from edgeprompt.manifest import Manifest
 from edgeprompt.methods import create_method
 from edgeprompt.methods.base import batched_logits, build_config, method_config_class
 from edgeprompt.progress import NullReporter, Reporter
-from edgeprompt.train.cache import AugmentSpec, FeatureCache
+from edgeprompt.train.cache import AugmentSpec, FeatureCache, check_cache_dir
 from edgeprompt.train.evaluate import classification_report, noisy_train_report
 from edgeprompt.train.trainer import EvalSet, TrainSet, fit, resolve_device
 
@@ -77,11 +77,9 @@ def tune(cfg: TuneConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     """
     rep = reporter or NullReporter()
     t_start = time.perf_counter()
-    out = Path(cfg.out)
     inputs = {"the training data": cfg.train, "the validation data": cfg.val}
-    check_not_inside(out, inputs)
-    if cfg.cache_dir:
-        check_not_inside(cfg.cache_dir, inputs, "--cache-dir")
+    out = guard_output(cfg.out, "run directory", inputs, overwrite=cfg.overwrite)
+    check_cache_dir(cfg.cache_dir, inputs)
     with output_lock(out):
         return _tune(cfg, out, rep, t_start)
 
@@ -172,6 +170,7 @@ def evaluate(run_dir: str | Path, test: str | Path | None = None, *, on_train: b
     rep = reporter or NullReporter()
     if (test is None) == (not on_train):
         raise ConfigError("pass a TEST_DIR, or --train to evaluate on the run's tuning samples (not both)")
+    check_cache_dir(cache_dir, {"the test data": test, **run_data(run_dir)})
     run = load_run(run_dir, device="cuda" if torch.cuda.is_available() else "cpu")
     classnames = list(run.manifest.classnames)
     given = None

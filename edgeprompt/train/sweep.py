@@ -32,10 +32,11 @@ from typing import Any
 from edgeprompt.config import PROTOCOLS, SweepConfig, TrainConfig, TuneConfig
 from edgeprompt.data.noise import parse_noise
 from edgeprompt.errors import ConfigError
-from edgeprompt.fileio import atomic_write_json, atomic_write_text, check_not_inside, lock_path, output_lock
+from edgeprompt.fileio import atomic_write_json, atomic_write_text, guard_output, lock_path, output_lock
 from edgeprompt.progress import NullReporter, Reporter
 from edgeprompt.tables import csv, markdown_table
 from edgeprompt.train import run as pipeline
+from edgeprompt.train.cache import check_cache_dir
 from edgeprompt.train.executor import make_executor
 
 NOISE_GROUP_KINDS = ("sym", "asym")
@@ -167,8 +168,9 @@ def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None) -> dict[str, A
     sweeps with other settings stay on disk but never enter the tables.
     """
     rep = reporter or NullReporter()
-    out = Path(cfg.out)
-    check_not_inside(out, {"the training data": cfg.train, "the test data": cfg.test})
+    inputs = {"the training data": cfg.train, "the test data": cfg.test}
+    out = guard_output(cfg.out, "sweep", inputs, overwrite=True)  # an earlier sweep there is resumed
+    check_cache_dir(cfg.cache_dir, inputs)
     todo = cells(cfg)  # validates methods, noise groups and the protocol before anything is written
     executor = make_executor(cfg)
     with output_lock(out), executor:  # Ray is reached (or refused) before the first file is written

@@ -422,15 +422,13 @@ def write_dataset(
     Returns:
         Summary: path, task, domain, seed, image_size, classes, and image counts per split.
     """
-    from edgeprompt.fileio import atomic_dir, atomic_write_json, output_lock
+    from edgeprompt.fileio import atomic_dir, atomic_write_json, guard_output, output_lock
 
     _check(task, domain)
     counts = {"train": per_class, "val": val_per_class, "test": test_per_class}
     if any(n < 0 for n in counts.values()) or per_class < 1 or not 8 <= image_size <= 1024:
         raise ConfigError("per-class must be >= 1, val/test counts >= 0 and image size within 8..1024")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists: choose a new folder, or pass --overwrite to replace it")
+    out = guard_output(out, "generated dataset", {}, overwrite=overwrite)
     classes = class_attributes(task, domain)
     total, done = sum(counts.values()) * len(classes), 0
     with output_lock(out), atomic_dir(out, overwrite=overwrite) as tmp:
