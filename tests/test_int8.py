@@ -44,7 +44,7 @@ def int8_bundle(request: pytest.FixtureRequest, int8_run: Path, tmp_path_factory
                 ) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp(f"bundle-{request.param}") / "b"
     res = export_run(int8_run, out, n_check=4, int8=True,
-                     quant=Int8Config(quantizer=request.param, calib_n=8, min_agreement=0.0))
+                     quant=Int8Config(quantizer=request.param, calib_n=8, min_accuracy=0.0))
     return out, res
 
 
@@ -176,7 +176,8 @@ def test_failed_int8_gate_is_one_line_and_writes_nothing(int8_run: Path, tmp_pat
     monkeypatch.setattr(quantize, "require_quantizer", lambda name: None)
     out = tmp_path / "bundles" / "b"
     with pytest.raises(ExportError) as err:
-        export_run(int8_run, out, n_check=4, int8=True, quant=Int8Config(calib_n=8))
+        # the agreement bar: on a random model the rolled graph can keep FP32's (chance) accuracy
+        export_run(int8_run, out, n_check=4, int8=True, quant=Int8Config(calib_n=8, min_agreement=0.99))
     msg = str(err.value)
     assert "\n" not in msg and "no bundle was written" in msg and "of 10 held-out images (< 99 %" in msg
     assert msg.endswith("try more calibration images (--calib-n 16)")  # 8 of the 18 tuning images were used
@@ -191,10 +192,25 @@ def test_gate_numbers_and_next_option_ladder() -> None:
     got[1] = [0.0, 1.9, 2.0]  # flips a near-tie (FP32 margin 0.1)
     labels = np.array([0, 1, 2, -1])
     small = ImageSet(tuple(Path(f"{i}.png") for i in range(10)), (-1,) * 10, "s", 40)
-    numbers = gate(ref, got, labels, Int8Config(min_agreement=0.75), small)
+    with pytest.raises(ExportError, match=r"keeps 50.0 % of FP32's held-out top-1 \(33.3 % vs 66.7 % on 3 labeled"):
+        gate(ref, got, labels, Int8Config(), small)  # the default bar is accuracy: 99 % of FP32's
+    numbers = gate(ref, got, labels, Int8Config(min_accuracy=0.5, min_agreement=0.75), small)
+    assert numbers["accuracy_ratio"] == pytest.approx(0.5) and numbers["passed"]
     assert numbers["top1_agreement"] == 0.75 and numbers["flipped"] == 1 and numbers["labeled"] == 3
     assert numbers["top1_fp32"] == pytest.approx(2 / 3) and numbers["top1_change"] == pytest.approx(-1 / 3)
     assert numbers["median_flip_margin"] == pytest.approx(0.1) and numbers["passed"]
+
+    # a flip between two wrong answers costs no accuracy: the default gate passes it, the agreement bar does not
+    swap = ref.copy()
+    swap[2] = [1.0, 0.9, 0.5]  # FP32 says 0 for an image labeled 2
+    swapped = swap.copy()
+    swapped[2] = [0.9, 1.0, 0.5]  # INT8 says 1: still wrong
+    passed = gate(swap, swapped, labels, Int8Config(), small)
+    assert passed["passed"] and passed["top1_agreement"] == 0.75 and passed["accuracy_ratio"] == 1.0
+    with pytest.raises(ExportError, match="< 99 % --int8-min-agreement"):
+        gate(swap, swapped, labels, Int8Config(min_agreement=0.99), small)
+    with pytest.raises(ExportError, match="no labels to measure accuracy"):  # unlabeled: agreement stands in
+        gate(swap, swapped, np.full(4, -1), Int8Config(), small)
 
     def hint(cfg: Int8Config, calib: ImageSet = small) -> str:
         with pytest.raises(ExportError) as err:
@@ -207,7 +223,8 @@ def test_gate_numbers_and_next_option_ladder() -> None:
     every = ("head", "attention", "residual", "patch")
     assert hint(Int8Config(keep_float=every, calib_method="minmax"), full).endswith("(--calib-method percentile)")
     assert hint(Int8Config(keep_float=every), full).endswith("(--calib-method entropy)")
-    assert hint(Int8Config(keep_float=every, calib_method="entropy"), full).endswith("(--int8-min-agreement)")
+    assert hint(Int8Config(keep_float=every, calib_method="entropy"), full).endswith(
+        "(--int8-min-accuracy, --int8-min-agreement)")
     bad = got.copy()
     bad[0, 0] = np.nan
     with pytest.raises(ExportError, match="non-finite"):
@@ -271,7 +288,7 @@ def test_int8_bundle_predicts_and_benches_without_torch(int8_run: Path, tmp_path
     """predict and bench (INT8 rows beside the bundle's FP32 graph) in a process where torch cannot be imported."""
     bundle = tmp_path / "b"
     export_run(int8_run, bundle, n_check=4, int8=True, quant=Int8Config(quantizer="ort", calib_n=8,
-                                                                        min_agreement=0.0))
+                                                                        min_accuracy=0.0))
     data = make_folder(tmp_path / "test", per_class=2, seed=3)
     script = _NO_TORCH.split("bundle, image = sys.argv[1], sys.argv[2]")[0] + (
         "import json\n"

@@ -38,6 +38,21 @@ def test_sweep_runs_resumes_and_reports(tiny_model, image_folder, cache_dir, tmp
     assert head == ["method", "sym 0%", "sym 50%"] and "±" in md
     assert (out / "results.csv").read_text().count("\n") == 6
     assert (out / "accuracy_vs_noise_sym.png").stat().st_size > 1000
+    # the summary is its cells: mean / std over seeds and gain kept against clean CoOp-CE, recomputed here
+    import statistics
+
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    top = {(c["row"], c["rate"], c["seed"]): c["top1"] for c in cells}
+    zs = statistics.fmean(c["top1"] for c in cells if c["method"] == "zeroshot")
+    clean = statistics.fmean(top[("coop-ce", 0.0, s)] for s in (1, 2))
+    for t in summary["table"]:
+        vals = [top[(t["row"], t["rate"], s)] for s in (1, 2)]
+        assert t["mean"] == pytest.approx(statistics.fmean(vals)) and t["std"] == pytest.approx(statistics.stdev(vals))
+        want = (t["mean"] - zs) / (clean - zs) if clean - zs > 1e-9 else None
+        assert t["gain_kept"] == (pytest.approx(want) if want is not None else None)
+    if clean - zs > 1e-9:
+        assert summary["table"][0]["row"] == "coop-ce" and summary["table"][0]["gain_kept"] == pytest.approx(1.0)
+        assert "Gain kept" in md
     # resume: only the missing cell is tuned again
     (cell,) = (out / "cells").glob("dspt__sym-0.5__s2.*.json")
     cell.unlink()

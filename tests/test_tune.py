@@ -113,3 +113,25 @@ def test_zeroshot_has_no_state_and_reloads(tiny_model, image_folder, cache_dir, 
                         method_options={"ensemble": True}))
     assert res["epochs"] == 0 and not (out / "state.safetensors").exists()
     assert api.evaluate(out, image_folder, cache_dir=str(cache_dir))["n"] == 18
+
+
+def test_a_tune_that_learned_nothing_says_so() -> None:
+    from edgeprompt.train.run import learning_verdict
+
+    assert "stayed at chance" in learning_verdict(0.10, 0.11, 10)  # digits named zero..nine on the shapes model
+    assert "--csc" in learning_verdict(0.10, 0.11, 10)
+    assert "learned nothing over its start: 56 % -> 56 %" in learning_verdict(0.556, 0.557, 20)
+    assert learning_verdict(0.556, 0.70, 20) is None  # it learned
+    assert learning_verdict(0.97, 0.97, 20) is None  # nothing left to learn
+    assert learning_verdict(0.50, 0.51, 2) is not None and "chance" not in learning_verdict(0.50, 0.51, 2)
+
+
+def test_tune_reports_a_prompt_that_did_not_move(tiny_model, image_folder, cache_dir, tmp_path, caplog) -> None:  # noqa: ANN001
+    import logging
+
+    cfg = _cfg(tiny_model, image_folder, tmp_path / "run", cache_dir, method="coop",
+               train_cfg=TrainConfig(epochs=1, batch_size=4, lr=1e-9, warmup_epochs=0))
+    with caplog.at_level(logging.WARNING, logger="edgeprompt"):
+        res = api.tune(cfg)
+    assert res["warning"] and ("stayed at chance" in res["warning"] or "learned nothing" in res["warning"])
+    assert res["warning"] in caplog.text

@@ -5,8 +5,11 @@
 - **Held-out**: never a calibration image. ``--int8-check DIR`` (a labeled folder), or by default the images of the
   run's training folder that the run did not tune on, then the tuning images left out of calibration, at most
   ``n_check`` spread evenly. Labels come from the folders (and the run's true labels for its own images).
-- **Gate**: INT8 and FP32 run on the same held-out pixels with the deployment runtime; top-1 agreement under
-  ``min_agreement`` refuses the bundle with one line naming the next option to try.
+- **Gate**: INT8 and FP32 run on the same held-out pixels with the deployment runtime. INT8 top-1 accuracy under
+  ``min_accuracy`` (0.99) of FP32's refuses the bundle (MLPerf's rule for reduced precision: accuracy, not
+  agreement, since INT8 may flip near-ties both ways without costing accuracy); ``min_agreement`` adds the stricter
+  agreement bar when asked for. Held-out images without a label fall back to agreement >= ``min_accuracy``.
+  A refusal is one line naming the next option to try.
 
 Workstation side: :func:`edgeprompt.export.bundle.export_run` calls it between the FP32 export and the bundle.
 """
@@ -137,12 +140,12 @@ def _next_option(cfg: Int8Config, calib: ImageSet) -> str:
     nxt = {"minmax": "percentile", "percentile": "entropy"}.get(cfg.calib_method)
     if nxt:
         return f"another calibrator (--calib-method {nxt})"
-    return "a lower bar if the top-1 change is acceptable (--int8-min-agreement)"
+    return "a lower bar if the top-1 change is acceptable (--int8-min-accuracy, --int8-min-agreement)"
 
 
 def gate(fp32_logits: np.ndarray, int8_logits: np.ndarray, labels: np.ndarray, cfg: Int8Config,
          calib: ImageSet, source: str = "") -> dict[str, Any]:
-    """INT8 vs FP32 on held-out images: agreement, accuracy change; raise when agreement is under the bar.
+    """INT8 vs FP32 on held-out images: accuracy ratio, agreement; raise when either is under its bar.
 
     Args:
         fp32_logits: (N, C) logits of the FP32 graph.
@@ -155,10 +158,12 @@ def gate(fp32_logits: np.ndarray, int8_logits: np.ndarray, labels: np.ndarray, c
     Returns:
         ``n``, ``top1_agreement``, ``top1_fp32``, ``top1_int8``, ``top1_change`` (INT8 - FP32, a fraction),
         ``flipped``, ``median_flip_margin`` (FP32 top-1 minus runner-up logit on the flipped images: small
-        means near-ties), ``mean_abs_logit_diff``, ``max_abs_logit_diff``, ``min_agreement``, ``passed``.
+        means near-ties), ``mean_abs_logit_diff``, ``max_abs_logit_diff``, ``accuracy_ratio`` (INT8 / FP32 top-1;
+        None without labels), ``min_accuracy``, ``min_agreement``, ``passed``.
 
     Raises:
-        ExportError: Agreement under ``cfg.min_agreement`` or non-finite INT8 output (one line).
+        ExportError: INT8 accuracy under ``cfg.min_accuracy`` of FP32's (agreement, without labels), agreement under
+            ``cfg.min_agreement``, or non-finite INT8 output (one line).
     """
     ref, got = fp32_logits.astype(np.float64), int8_logits.astype(np.float64)
     finite = bool(np.isfinite(got).all())
@@ -176,16 +181,27 @@ def gate(fp32_logits: np.ndarray, int8_logits: np.ndarray, labels: np.ndarray, c
         "median_flip_margin": float(np.median(margin[~same])) if (~same).any() else None,
         "mean_abs_logit_diff": float(np.abs(got - ref).mean()) if finite else float("nan"),
         "max_abs_logit_diff": float(np.abs(got - ref).max()) if finite else float("nan"),
-        "min_agreement": float(cfg.min_agreement),
+        "min_agreement": float(cfg.min_agreement), "min_accuracy": float(cfg.min_accuracy),
     }
-    numbers["passed"] = finite and numbers["top1_agreement"] >= cfg.min_agreement
+    ratio = None if not acc32 or acc8 is None else acc8 / acc32  # FP32 at 0 %: nothing to keep, use agreement
+    numbers["accuracy_ratio"] = ratio
+    accurate = numbers["top1_agreement"] >= cfg.min_accuracy if ratio is None else ratio >= cfg.min_accuracy - 1e-12
+    agrees = numbers["top1_agreement"] >= cfg.min_agreement
+    numbers["passed"] = finite and accurate and agrees
     log.info("INT8 gate on %d held-out images: top-1 agreement %.4f, top-1 change %s", numbers["n"],
              numbers["top1_agreement"], "n/a" if numbers["top1_change"] is None else f"{numbers['top1_change']:+.4f}")
     if not numbers["passed"]:
-        change = "" if numbers["top1_change"] is None else f", top-1 change {100 * numbers['top1_change']:+.1f} pt"
-        what = "gives non-finite logits" if not finite else (
-            f"agrees with FP32 on {100 * numbers['top1_agreement']:.1f} % of {numbers['n']} held-out images "
-            f"(< {100 * cfg.min_agreement:g} %{change})")
+        agreement = f"agrees with FP32 on {100 * numbers['top1_agreement']:.1f} % of {numbers['n']} held-out images"
+        if not finite:
+            what = "gives non-finite logits"
+        elif not accurate and ratio is not None:
+            what = (f"keeps {100 * ratio:.1f} % of FP32's held-out top-1 ({100 * acc8:.1f} % vs {100 * acc32:.1f} % "
+                    f"on {numbers['labeled']} labeled images; < {100 * cfg.min_accuracy:g} %)")
+        elif not accurate:
+            what = f"{agreement} (< {100 * cfg.min_accuracy:g} %; no labels to measure accuracy)"
+        else:
+            change = "" if numbers["top1_change"] is None else f", top-1 change {100 * numbers['top1_change']:+.1f} pt"
+            what = f"{agreement} (< {100 * cfg.min_agreement:g} % --int8-min-agreement{change})"
         raise ExportError(f"the INT8 graph ({cfg.quantizer}, {cfg.calib_method}, {len(calib)} calibration images) "
                           f"{what}; no bundle was written; try {_next_option(cfg, calib)}")
     return numbers

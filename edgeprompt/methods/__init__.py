@@ -2,7 +2,7 @@
 
 >>> from edgeprompt.methods import list_methods, create_method
 >>> list_methods()            # doctest: +SKIP
-{'coop': '…', 'dspt': '…', 'visprompt': '…', 'zeroshot': '…'}
+{'coop': '…', 'dspt': '…', 'nlprompt': '…', 'visprompt': '…', 'zeroshot': '…'}
 """
 
 from edgeprompt.methods.base import (
@@ -16,6 +16,7 @@ from edgeprompt.methods.base import (
 
 # importing the modules registers the methods
 from edgeprompt.methods import coop as _coop  # noqa: E402,F401  isort: skip
+from edgeprompt.methods import nlprompt as _nlprompt  # noqa: E402,F401  isort: skip
 from edgeprompt.methods import zeroshot as _zeroshot  # noqa: E402,F401  isort: skip
 
 try:  # VisPrompt lives in its own module; a missing one must not break the others

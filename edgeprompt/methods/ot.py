@@ -113,6 +113,49 @@ def ot_split(
     return clean, pseudo, info
 
 
+def epoch_split(
+    method: Any, ctx: dict[str, Any], views: str = "centre", eps: float = 0.01, max_iter: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """The per-epoch OT split of the whole training set under ``method``'s current prompt (NLPrompt, VisPrompt).
+
+    Args:
+        method: a :class:`~edgeprompt.methods.base.PromptMethod`; scored in eval mode.
+        ctx: the trainer's epoch context (``data``: the TrainSet, ``device``, ``epoch``).
+        views: ``centre`` scores the centre views (ours); ``augmented`` one random cached view per sample, as the
+            released code scores its augmented training loader.
+        eps: Sinkhorn's entropic regularisation.
+        max_iter: Sinkhorn's iteration cap.
+
+    Returns:
+        ``(clean (N,) bool, pseudo (N,) int64, metrics)``; with known true labels the metrics include the split's
+        precision and recall against the truly clean samples.
+    """
+    from edgeprompt.methods.base import batched_logits
+
+    data = ctx["data"]
+    tokens_needed = bool(getattr(method, "needs_tokens", False))
+    if views == "centre" and data.eval_pooled is not None:
+        pooled, tokens = data.eval_pooled, data.eval_tokens if tokens_needed else None
+    else:
+        g = torch.Generator().manual_seed(int(ctx.get("epoch", 0)))
+        view = torch.randint(data.pooled.shape[1], (len(data.pooled),), generator=g)
+        rows = torch.arange(len(data.pooled))
+        pooled = data.pooled[rows, view]
+        tokens = data.tokens[rows, view] if tokens_needed and data.tokens is not None else None
+    logits = batched_logits(method, pooled, tokens)  # (N, C), eval mode
+    device = ctx.get("device") or logits.device
+    given = data.labels.to(device)
+    clean, pseudo, info = ot_split(logits.to(device).log_softmax(-1), given, eps, max_iter)
+    metrics = {"ot_clean_frac": info["clean_frac"], "ot_iters": float(info["iterations"]),
+               "ot_converged": float(info["converged"]), "ot_err": info["err_rows"]}
+    if data.true_labels is not None:
+        true = data.true_labels.to(device)
+        q = split_quality(clean, true == given)
+        metrics.update(ot_precision=q["precision"], ot_recall=q["recall"], ot_noisy_precision=q["noisy_precision"],
+                       ot_noisy_recall=q["noisy_recall"], ot_pseudo_acc=float((pseudo == true).double().mean()))
+    return clean, pseudo, metrics
+
+
 def split_quality(clean_mask: torch.Tensor, true_clean_mask: torch.Tensor) -> dict[str, float]:
     """How well a predicted clean mask matches the truly clean samples (given label == true label).
 

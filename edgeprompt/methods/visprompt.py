@@ -21,8 +21,8 @@ from torch import nn
 from edgeprompt.backbone import FrozenCLIP, cosine_logits
 from edgeprompt.errors import ConfigError
 from edgeprompt.losses import ce, gce
-from edgeprompt.methods.base import METHODS, FeatureBatch, PromptMethod, batched_logits
-from edgeprompt.methods.ot import ot_split, split_quality
+from edgeprompt.methods.base import METHODS, FeatureBatch, PromptMethod
+from edgeprompt.methods.ot import epoch_split
 from edgeprompt.methods.prompt_learner import PromptLearner
 
 KV_SOURCES = ("tokens", "pooled")
@@ -251,30 +251,9 @@ class VisPrompt(PromptMethod):
 
     def epoch_start(self, ctx: dict[str, Any]) -> dict[str, float]:
         """Global OT split of the training set under the current model (centre views); returns its metrics."""
-        data = ctx["data"]
         if not self.cfg.ot or ctx.get("epoch", 0) < self.cfg.ot_warmup:
             self._clean = None
             return {}
-        if self.cfg.ot_views == "centre" and data.eval_pooled is not None:
-            pooled, tokens = data.eval_pooled, data.eval_tokens if self.needs_tokens else None
-        else:  # one random cached view per sample, as the released code scores its augmented training loader
-            g = torch.Generator().manual_seed(int(ctx.get("epoch", 0)))
-            view = torch.randint(data.pooled.shape[1], (len(data.pooled),), generator=g)
-            rows = torch.arange(len(data.pooled))
-            pooled = data.pooled[rows, view]
-            tokens = data.tokens[rows, view] if self.needs_tokens and data.tokens is not None else None
-        logits = batched_logits(self, pooled, tokens)  # (N, C), eval mode
-        device = ctx.get("device") or logits.device
-        given = data.labels.to(device)
-        clean, pseudo, info = ot_split(logits.to(device).log_softmax(-1), given, self.cfg.ot_eps, self.cfg.ot_iters)
-        self._clean = clean
-        self._pseudo = pseudo
-        metrics = {"ot_clean_frac": info["clean_frac"], "ot_iters": float(info["iterations"]),
-                   "ot_converged": float(info["converged"]), "ot_err": info["err_rows"]}
-        if data.true_labels is not None:
-            true = data.true_labels.to(device)
-            q = split_quality(clean, true == given)
-            metrics.update(ot_precision=q["precision"], ot_recall=q["recall"],
-                           ot_noisy_precision=q["noisy_precision"], ot_noisy_recall=q["noisy_recall"],
-                           ot_pseudo_acc=float((pseudo == true).double().mean()))
+        self._clean, self._pseudo, metrics = epoch_split(self, ctx, self.cfg.ot_views, self.cfg.ot_eps,
+                                                         self.cfg.ot_iters)
         return metrics

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +32,8 @@ from edgeprompt.progress import NullReporter, Reporter
 from edgeprompt.train.cache import AugmentSpec, FeatureCache, check_cache_dir
 from edgeprompt.train.evaluate import classification_report, noisy_train_report
 from edgeprompt.train.trainer import EvalSet, TrainSet, fit, resolve_device
+
+log = logging.getLogger(__name__)
 
 
 def _prepare_workdir(out: Path, resolved: dict[str, Any], overwrite: bool) -> Path:
@@ -125,7 +128,11 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
     def on_epoch(rec: dict[str, Any]) -> None:
         tick(rec["epoch"], epochs, **{k: v for k, v in rec.items() if k in ("loss", "train_acc", "val_acc")})
 
+    start_acc = _agreement(method, train_set)  # the start (the zero-shot prior, with the template init)
     history = fit(method, train_set, cfg.train_cfg, work, val_set, on_epoch) if epochs else []
+    verdict = learning_verdict(start_acc, _agreement(method, train_set), few.num_classes) if epochs else None
+    if verdict:
+        log.warning("%s", verdict)
     (work / "checkpoint.pt").unlink(missing_ok=True)
     (work / "metrics.jsonl").touch()
     files = save_state(method, work)
@@ -151,9 +158,34 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
         "run_dir": str(out), "method": cfg.method, "protocol": cfg.protocol, "model": cfg.model,
         "pretrained": cfg.pretrained, "classes": few.num_classes, "n_train": len(few), "n_flipped": n_flipped,
         "noise": str(noise), "epochs": len(history), "final_loss": final.get("loss"),
-        "val_acc": final.get("val_acc"), "skipped_files": len(data.skipped),
+        "val_acc": final.get("val_acc"), "skipped_files": len(data.skipped), "warning": verdict,
         "cache": {"hits": cache.hits, "misses": cache.misses}, "time_s": round(time.perf_counter() - t_start, 2),
     }
+
+
+def _agreement(method: Any, data: TrainSet) -> float:
+    """Top-1 of ``method`` against the given labels on the centre views of its tuning samples."""
+    pred = batched_logits(method, data.eval_pooled, data.eval_tokens).argmax(-1)
+    return float((pred == data.labels.cpu()).float().mean())
+
+
+def learning_verdict(start: float, end: float, num_classes: int) -> str | None:
+    """One line when a tune learned nothing, else None.
+
+    ``start`` and ``end`` are top-1 against the given labels on the centre views of the tuning samples, before and
+    after training. At chance (under twice 1/C) the class names mean nothing to the model and the shared context
+    cannot rename them; no better than the start means the optimiser did not move the prompt (a bounded loss at a
+    small learning rate, too few epochs). What to try is the evidence in docs/defaults.md.
+    """
+    chance = 1.0 / num_classes
+    if num_classes >= 3 and end < 2 * chance:
+        return (f"the tuned prompt stayed at chance: {100 * end:.0f} % of its own tuning labels with {num_classes} "
+                f"classes (chance {100 * chance:.0f} %); the class names probably mean nothing to the model: try "
+                f"class-specific context, which can learn new names (--method coop --csc --lr 0.01)")
+    if end - start < 0.02 and end < 0.95:
+        return (f"the tuned prompt learned nothing over its start: {100 * start:.0f} % -> {100 * end:.0f} % of its "
+                f"own tuning labels; try a larger --lr or more --epochs (robust losses move the prompt slowly)")
+    return None
 
 
 def _asdict(cfg: Any) -> dict[str, Any]:

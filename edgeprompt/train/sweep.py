@@ -220,6 +220,7 @@ def summarise(results: list[dict[str, Any]], cfg: SweepConfig) -> dict[str, Any]
                 entry[k] = statistics.fmean(vals)
         table.append(entry)
     zs = [r["top1"] for r in results if r["method"] == "zeroshot"]
+    add_gain_kept(table, statistics.fmean(zs) if zs else None, results)
     seconds: dict[str, list[float]] = {}
     for r in results:
         seconds.setdefault(r["row"], []).append(r.get("time_s", 0.0))
@@ -228,6 +229,33 @@ def summarise(results: list[dict[str, Any]], cfg: SweepConfig) -> dict[str, Any]
             "seconds_per_cell": {k: round(statistics.fmean(v), 2) for k, v in sorted(seconds.items())},
             "cell_seconds": round(sum(sum(v) for v in seconds.values()), 1), **sweep_identity(cfg),
             "seeds": cfg.seeds}
+
+
+CLEAN_REFERENCE = "coop-ce"  # gain kept is measured against clean-label CoOp with cross-entropy
+
+
+def gain_kept(noisy: float, zeroshot: float, clean: float) -> float | None:
+    """(noisy-label accuracy - zero-shot) / (clean-label CoOp - zero-shot); None when tuning gained nothing clean."""
+    return (noisy - zeroshot) / (clean - zeroshot) if clean - zeroshot > 1e-9 else None
+
+
+def add_gain_kept(table: list[dict[str, Any]], zeroshot: float | None, results: list[dict[str, Any]]) -> None:
+    """Add ``gain_kept`` (from the seed means) and ``gain_kept_std`` (over per-seed ratios) to every table entry.
+
+    The reference is clean-label CoOp-CE of the same sweep (same shots and seeds); without it, or without
+    zero-shot, the entries get None.
+    """
+    clean = {r["seed"]: r["top1"] for r in results if r["row"] == CLEAN_REFERENCE and r["rate"] == 0}
+    zs = {r["seed"]: r["top1"] for r in results if r["method"] == "zeroshot"}
+    for t in table:
+        t["gain_kept"] = t["gain_kept_std"] = None
+        if zeroshot is None or not clean:
+            continue
+        t["gain_kept"] = gain_kept(t["mean"], zeroshot, statistics.fmean(clean.values()))
+        per_seed = [g for r in results if r["row"] == t["row"] and r["kind"] == t["kind"] and r["rate"] == t["rate"]
+                    and r["seed"] in clean and (g := gain_kept(r["top1"], zs.get(r["seed"], zeroshot),
+                                                               clean[r["seed"]])) is not None]
+        t["gain_kept_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -244,6 +272,13 @@ def markdown(summary: dict[str, Any]) -> str:
     if summary["zeroshot"] is not None:
         lines.append({"method": "zeroshot (no labels)", **dict.fromkeys(names, f"{100 * summary['zeroshot']:.1f}")})
     text = markdown_table(lines, ["method", *names]) + "\n"
+    if any(t.get("gain_kept") is not None for t in summary["table"]):
+        kept = [{"method": row, **{n: f"{100 * t['gain_kept']:.0f} %" if (t := cell.get((row, *c))) and
+                                   t.get("gain_kept") is not None else "–" for n, c in zip(names, cols, strict=True)}}
+                for row in rows]
+        text += (f"\nGain kept: (top-1 - zero-shot) / (clean {CLEAN_REFERENCE} - zero-shot), from the seed means; "
+                 f"100 % keeps all of clean tuning's gain, 0 % is the zero-shot prior, below 0 is worse than it:\n\n")
+        text += markdown_table(kept, ["method", *names]) + "\n"
     split = [{"method": row, **{n: f"{t['ot_precision']:.2f} / {t['ot_recall']:.2f}" if (t := cell.get((row, *c)))
                                 and "ot_precision" in t else "–" for n, c in zip(names, cols, strict=True)}}
              for row in rows if any("ot_precision" in cell.get((row, *c), {}) for c in cols)]
@@ -258,11 +293,13 @@ def write_reports(out: Path, results: list[dict[str, Any]], summary: dict[str, A
     atomic_write_json(out / "results.json", {"summary": summary, "cells": results})
     atomic_write_text(out / "results.md", markdown(summary))
     rows = [{"method": t["row"], "noise_kind": t["kind"], "noise_rate": t["rate"], "mean_top1": round(t["mean"], 4),
-             "std_top1": round(t["std"], 4), "seeds": t["n"]} for t in summary["table"]]
+             "std_top1": round(t["std"], 4), "seeds": t["n"],
+             "gain_kept": None if t.get("gain_kept") is None else round(t["gain_kept"], 4)}
+            for t in summary["table"]]
     if summary["zeroshot"] is not None:
         rows.append({"method": "zeroshot", "noise_kind": "none", "noise_rate": 0,
                      "mean_top1": round(summary["zeroshot"], 4), "std_top1": round(summary["zeroshot_std"], 4),
-                     "seeds": summary["seeds"]})
+                     "seeds": summary["seeds"], "gain_kept": 0.0})
     atomic_write_text(out / "results.csv", csv(rows))
     from edgeprompt._optional import available
 
@@ -278,16 +315,22 @@ def plot(summary: dict[str, Any], kind: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    with_gain = any(t.get("gain_kept") is not None for t in summary["table"])
+    fig, axes = plt.subplots(1, 2 if with_gain else 1, figsize=(11 if with_gain else 6, 4), dpi=120, squeeze=False)
+    ax = axes[0, 0]
     for row in sorted({t["row"] for t in summary["table"]}):
-        pts = sorted((t["rate"], t["mean"], t["std"]) for t in summary["table"]
+        pts = sorted((t["rate"], t["mean"], t["std"], t.get("gain_kept")) for t in summary["table"]
                      if t["row"] == row and t["kind"] == kind)
         if not pts:
             continue
         x = [100 * p[0] for p in pts]
         y = [100 * p[1] for p in pts]
         s = [100 * p[2] for p in pts]
-        ax.plot(x, y, marker="o", label=row)
+        line = ax.plot(x, y, marker="o", label=row)[0]
+        if with_gain:
+            gx = [xi for xi, p in zip(x, pts, strict=True) if p[3] is not None]
+            axes[0, 1].plot(gx, [100 * p[3] for p in pts if p[3] is not None], marker="o", color=line.get_color(),
+                            label=row)
         ax.fill_between(x, [a - b for a, b in zip(y, s, strict=True)], [a + b for a, b in zip(y, s, strict=True)],
                         alpha=0.15)
     if summary["zeroshot"] is not None:
@@ -298,6 +341,14 @@ def plot(summary: dict[str, Any], kind: str, path: Path) -> Path:
                  f"{summary['protocol']} protocol", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if with_gain:
+        g = axes[0, 1]
+        g.axhline(0, color="grey", linestyle="--", label="zero-shot")
+        g.axhline(100, color="black", linestyle=":", label=f"clean {CLEAN_REFERENCE}")
+        g.set_xlabel(f"{kind} label noise (%)")
+        g.set_ylabel("gain kept (% of clean tuning's gain)")
+        g.grid(alpha=0.3)
+        g.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
