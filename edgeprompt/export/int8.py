@@ -194,7 +194,7 @@ def gate(fp32_logits: np.ndarray, int8_logits: np.ndarray, labels: np.ndarray, c
         agreement = f"agrees with FP32 on {100 * numbers['top1_agreement']:.1f} % of {numbers['n']} held-out images"
         if not finite:
             what = "gives non-finite logits"
-        elif not accurate and ratio is not None:
+        elif not accurate and ratio is not None and acc8 is not None and acc32 is not None:
             what = (f"keeps {100 * ratio:.1f} % of FP32's held-out top-1 ({100 * acc8:.1f} % vs {100 * acc32:.1f} % "
                     f"on {numbers['labeled']} labeled images; < {100 * cfg.min_accuracy:g} %)")
         elif not accurate:
