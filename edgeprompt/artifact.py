@@ -34,6 +34,20 @@ def run_data(run_dir: str | Path) -> dict[str, str | None]:
         return {}
 
 
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The run's resolved ``config.json`` ({} when absent); a damaged one is an ArtifactError naming the file."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise ArtifactError(f"{path} is damaged ({type(e).__name__}): re-run `edgeprompt tune` for this run") from None
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{path} is damaged (a JSON object was expected): re-run `edgeprompt tune` for this run")
+    return config
+
+
 @dataclass
 class LoadedRun:
     """A run rebuilt in memory."""
@@ -70,8 +84,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     manifest = Manifest.read(run_dir)
     if manifest.kind != "run":
         raise ArtifactError(f"{run_dir} is a {manifest.kind}, not a run directory from `edgeprompt tune`")
-    cfg_path = run_dir / CONFIG_FILE
-    config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    config = read_run_config(run_dir)
     backbone = create_backbone(manifest.backbone.model, manifest.backbone.pretrained, device)
     if manifest.backbone.weights_sha256 and backbone.ref.weights_sha256 != manifest.backbone.weights_sha256:
         raise ArtifactError(

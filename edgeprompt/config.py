@@ -44,9 +44,13 @@ def _set(obj: Any, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)  # frozen dataclasses normalise their fields in __post_init__ this way
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are at most 64-bit; 32 bits keep every derived seed in range
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        within = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{name} must be a whole number {within}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class TrainConfig:
             _check_int("--epochs", self.epochs, 0)
         _check_int("--batch-size", self.batch_size, 1)
         _check_int("--eval-every", self.eval_every, 0)
-        _check_int("--seed", self.seed, 0)
+        _check_int("--seed", self.seed, 0, MAX_SEED)
         _check_int("warmup_epochs", self.warmup_epochs, 0)
         for name, v in (("--lr", self.lr), ("warmup_lr", self.warmup_lr)):
             if not (isinstance(v, int | float) and 0 < v < float("inf")):
@@ -229,7 +233,7 @@ class AuditConfig:
         _check_int("--folds", self.folds, 2)
         _check_int("--views", self.views, 1)
         _check_int("--top", self.top, 0)
-        _check_int("--seed", self.seed, 0)
+        _check_int("--seed", self.seed, 0, MAX_SEED)
         if self.epochs is not None:
             _check_int("--epochs", self.epochs, 0)
         for name in ("prior_weight", "relabel_threshold"):
@@ -275,7 +279,15 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     import os
 
     if text is None:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+        try:
+            shard = int(rank), int(world)
+        except ValueError:
+            shard = (-1, 0)
+        if not 0 <= shard[0] < shard[1]:
+            raise ConfigError(f"torchrun's RANK={rank!r} and WORLD_SIZE={world!r} must be whole numbers with "
+                              f"0 <= RANK < WORLD_SIZE: fix the launcher, or pass --shard i/n")
+        return shard
     i, sep, n = text.partition("/")
     try:
         shard = int(i), int(n)

@@ -184,10 +184,13 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        if d.get("schema_version") != SCHEMA_VERSION:
+        if not isinstance(d, dict):
+            raise TypeError(f"a JSON object was expected, found a {type(d).__name__}")
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION or isinstance(version, bool):
             raise ArtifactError(
-                f"manifest schema version {d.get('schema_version')} is not supported by edgeprompt {__version__} "
-                f"(expects {SCHEMA_VERSION}): re-create it with this version"
+                f"manifest schema version {version!r} is not supported by edgeprompt {__version__} "
+                f"(expects the number {SCHEMA_VERSION}): re-create it with this version"
             )
         return cls(
             kind=d["kind"],
@@ -216,9 +219,13 @@ class Manifest:
             raise ArtifactError(f"{directory} has no {MANIFEST_NAME}: pass a run directory (from `edgeprompt tune`) "
                                 f"or a bundle (from `edgeprompt export`)")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ArtifactError(f"{path} is not a valid edgeprompt manifest ({e})") from e
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except ArtifactError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:  # bytes, a list, a string for a number
+            what = f"missing key {e}" if isinstance(e, KeyError) else " ".join(str(e).split())[:120]
+            raise ArtifactError(f"{path} is damaged or not an edgeprompt manifest ({type(e).__name__}: {what}): "
+                                f"re-create it (`edgeprompt tune` or `edgeprompt export`)") from None
 
 
 def read_bundle_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:

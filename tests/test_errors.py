@@ -57,10 +57,27 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> dict[str
     (files / "one-name.txt").write_text("red\n")
     (files / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (files / "dangling").symlink_to(root / "no" / "such" / "place")
+    damaged = root / "damaged"  # artifacts a disk, a copy or a hand edit broke, one folder each
+    for name, manifest in (("manifest-bytes", b"\xff\xfe\x00\x81 not json"), ("manifest-list", b"[1, 2]"),
+                           ("manifest-schema-string", None), ("manifest-scale-string", None)):
+        shutil.copytree(bundle, damaged / name)
+        d = json.loads((bundle / "manifest.json").read_text())
+        if name == "manifest-schema-string":
+            d["schema_version"] = "1"
+        if name == "manifest-scale-string":
+            d["logit_scale"] = "big"
+        (damaged / name / "manifest.json").write_bytes(manifest if manifest is not None else json.dumps(d).encode())
+    shutil.copytree(bundle, damaged / "other-graph")
+    with (damaged / "other-graph" / "model.onnx").open("ab") as f:
+        f.write(b"\x00")  # another graph than the manifest's hash names
+    shutil.copytree(run, damaged / "run-config")
+    (damaged / "run-config" / "config.json").write_text("{not json")
+    shutil.copytree(run, damaged / "run-split")
+    (damaged / "run-split" / "train_split.json").write_text('{"paths": ["a"], "given_labels": []}')
     other = make_folder(root / "other", per_class=2, size=32)
     (other / "green").rename(other / "yellow")
     return {"data": data, "cache": cache, "run": run, "bundle": bundle, "files": files, "other": other,
-            "root": root}
+            "root": root, "damaged": damaged}
 
 
 def _tune(w: dict[str, Path], model: str, out: Path, *extra: str, pretrained: str = "none") -> list[str]:
@@ -262,6 +279,41 @@ CASES: list[Case] = [
     ("tune-out-dangling-link", lambda w, m, o: _tune(w, m, w["files"] / "dangling"), "symbolic link"),
     ("export-out-dangling-link", lambda w, m, o: ["export", str(w["run"]), "--out", str(w["files"] / "dangling")],
      "symbolic link"),
+    # damaged or foreign artifacts: named with the file and what to do
+    ("predict-manifest-bytes", lambda w, m, o: ["predict", str(w["damaged"] / "manifest-bytes"), str(w["data"])],
+     "is damaged or not an edgeprompt manifest"),
+    ("predict-manifest-list", lambda w, m, o: ["predict", str(w["damaged"] / "manifest-list"), str(w["data"])],
+     "is damaged or not an edgeprompt manifest"),
+    ("bench-manifest-schema-string", lambda w, m, o: ["bench", str(w["damaged"] / "manifest-schema-string")],
+     "schema version '1'"),
+    ("predict-manifest-scale-string", lambda w, m, o: ["predict", str(w["damaged"] / "manifest-scale-string"),
+                                                       str(w["data"])], "is damaged or not an edgeprompt manifest"),
+    ("predict-another-graph", lambda w, m, o: ["predict", str(w["damaged"] / "other-graph"), str(w["data"])],
+     "does not match the sha256"),
+    ("bench-another-graph", lambda w, m, o: ["bench", str(w["damaged"] / "other-graph"), "--backend", "ort-cpu",
+                                             "--batch", "1", "--iters", "1"], "does not match the sha256"),
+    ("eval-run-config-damaged", lambda w, m, o: ["eval", str(w["damaged"] / "run-config"), str(w["data"])],
+     "config.json is damaged"),
+    ("export-run-config-damaged", lambda w, m, o: ["export", str(w["damaged"] / "run-config"), "--out", str(o)],
+     "config.json is damaged"),
+    ("eval-train-split-damaged", lambda w, m, o: ["eval", str(w["damaged"] / "run-split"), "--train"],
+     "train_split.json is damaged"),
+    # option values parsed against their type and range
+    ("tune-option-wrong-type-bool", lambda w, m, o: _tune(w, m, o, "--opt", "class_specific=maybe"),
+     "must be true or false"),
+    ("tune-option-wrong-type-int", lambda w, m, o: _tune(w, m, o, "--opt", "n_ctx=4.5"), "must be a whole number"),
+    ("sweep-option-wrong-type", lambda w, m, o: ["sweep", str(w["data"]), "--test", str(w["data"]), "--out", str(o),
+                                                 "--opt", "coop.class_specific=maybe"], "must be true or false"),
+    ("sweep-unknown-loss", lambda w, m, o: ["sweep", str(w["data"]), "--test", str(w["data"]), "--out", str(o),
+                                            "--losses", "ce,huber"], "unknown loss"),
+    ("sweep-crop-scale", lambda w, m, o: ["sweep", str(w["data"]), "--test", str(w["data"]), "--out", str(o),
+                                          "--crop-scale", "2"], "--crop-scale"),
+    ("sweep-repeated-rate", lambda w, m, o: ["sweep", str(w["data"]), "--test", str(w["data"]), "--out", str(o),
+                                             "--noise", "sym:0.5,0.5"], "more than once"),
+    ("tune-noise-none-with-rate", lambda w, m, o: _tune(w, m, o, "--noise", "none:0.5"), "takes no rate"),
+    ("tune-seed-overflow", lambda w, m, o: _tune(w, m, o, "--seed", "99999999999999999999"), "--seed"),
+    ("bench-seconds-inf", lambda w, m, o: ["bench", str(w["bundle"]), "--seconds", "inf"], "--seconds"),
+    ("bench-repeated-batch", lambda w, m, o: ["bench", str(w["bundle"]), "--batch", "1,1,1"], "more than once"),
     # the command line itself
     ("cli-unknown-option", lambda w, m, o: ["tune", str(w["data"]), "--out", str(o), "--epoch", "3"],
      "No such option"),
@@ -309,7 +361,8 @@ def test_error_catalogue(case: Case, as_json: bool, world: dict[str, Path], tiny
 def test_catalogue_is_large_enough() -> None:
     assert len(CASES) >= 60
     commands = {c[1]({"data": Path("d"), "run": Path("r"), "bundle": Path("b"), "root": Path("x"),
-                      "files": Path("f"), "other": Path("o"), "cache": Path("c")}, "m", Path("o"))[0] for c in CASES}
+                      "files": Path("f"), "other": Path("o"), "cache": Path("c"), "damaged": Path("g")}, "m",
+                     Path("o"))[0] for c in CASES}
     assert {"tune", "eval", "export", "predict", "bench", "sweep", "audit", "data"} <= commands
 
 

@@ -90,6 +90,9 @@ def _predictions(runtime: Any, manifest: Manifest, paths: list[Path], batch: int
     return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
 
+MAX_SECONDS = 3600.0  # timing one (backend, batch) longer than an hour is a typo (inf, 1e9), not a benchmark
+
+
 def _validate(cfg: BenchConfig, manifest: Manifest) -> None:
     for name in cfg.backends:
         if name not in BACKENDS:
@@ -106,6 +109,11 @@ def _validate(cfg: BenchConfig, manifest: Manifest) -> None:
     if cfg.warmup < 0 or cfg.iters < 1 or cfg.e2e_iters < 0 or (cfg.seconds is not None and not cfg.seconds > 0):
         raise ConfigError(f"need --warmup >= 0, --iters >= 1 and --seconds > 0; got warmup={cfg.warmup}, "
                           f"iters={cfg.iters}, seconds={cfg.seconds}")
+    if cfg.seconds is not None and not cfg.seconds <= MAX_SECONDS:
+        raise ConfigError(f"--seconds {cfg.seconds} would time one batch size for hours: use at most {MAX_SECONDS}")
+    repeated = sorted({b for b in cfg.batches if cfg.batches.count(b) > 1})
+    if repeated:
+        raise ConfigError(f"--batch lists {', '.join(map(str, repeated))} more than once: give each batch size once")
     if cfg.max_images is not None and cfg.max_images < 1:
         raise ConfigError(f"--max-images must be >= 1, got {cfg.max_images}")
 

@@ -41,6 +41,8 @@ def parse_noise(text: str) -> NoiseSpec:
     text = text.strip()
     if text in ("", "none", "0"):
         return NoiseSpec()
+    if text.startswith("none:"):
+        raise ConfigError(f"noise {text!r}: 'none' takes no rate; use none, or sym:R / asym:R / map:FILE:R")
     kind, _, rest = text.partition(":")
     if kind not in NOISE_KINDS:
         from edgeprompt.registry import suggest

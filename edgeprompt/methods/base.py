@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -142,11 +143,31 @@ def build_config(name: str, options: dict[str, Any]) -> Any:
         if key not in fields:
             raise ConfigError(f"method {name!r} has no option {key!r}.{suggest(key, fields)} "
                               f"Options: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in options.items():
+        check_option_type(name, key, value, hints[key])
     cfg = cls(**options)
     validate = getattr(cfg, "validate", None)
     if validate:
         validate()
     return cfg
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def check_option_type(method: str, key: str, value: Any, hint: Any) -> None:
+    """Refuse an option value that is not of its field's type (``class_specific=maybe``, ``n_ctx=4.5``)."""
+    import math
+
+    kind = hint if hint in _KINDS else None
+    ok = (kind is None or (kind is bool and isinstance(value, bool))
+          or (kind is int and isinstance(value, int) and not isinstance(value, bool))
+          or (kind is float and isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
+          or (kind is str and isinstance(value, str)))
+    if not ok:
+        raise ConfigError(f"method {method!r} option {key} must be {_KINDS[kind]}, got {value!r} "
+                          f"(--opt {key}=VALUE)")
 
 
 def create_method(name: str, backbone: FrozenCLIP, classnames: list[str], **options: Any) -> PromptMethod:

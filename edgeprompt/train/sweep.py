@@ -57,16 +57,17 @@ def parse_noise_groups(groups: Sequence[str]) -> list[tuple[str, float]]:
 
 def _rows(cfg: SweepConfig) -> list[tuple[str, str, dict[str, Any]]]:
     """(row label, method, method options) for every method/loss combination."""
-    from edgeprompt.methods import METHODS
+    from edgeprompt.methods.base import build_config
 
     rows = []
     for m in cfg.methods:
-        METHODS.get(m)  # unknown names fail before any work
         extra = cfg.options_for(m)
         if m == "coop":
             rows += [(f"coop-{loss}", m, {**extra, "loss": loss}) for loss in cfg.losses]
         else:
             rows.append((m, m, extra))
+    for _, m, opts in rows:
+        build_config(m, opts)  # unknown methods, options, losses and ill-typed values fail before any work
     return rows
 
 
@@ -104,7 +105,13 @@ def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
             raise ConfigError(f"--{name} must be a whole number >= {low}, got {value!r}")
     if cfg.epochs is not None and (not isinstance(cfg.epochs, int) or cfg.epochs < 0):
         raise ConfigError(f"--epochs must be a whole number >= 0, got {cfg.epochs!r}")
+    if cfg.crop_scale is not None and not 0 < cfg.crop_scale <= 1:
+        raise ConfigError(f"--crop-scale must be in (0, 1], got {cfg.crop_scale}")
     noises = parse_noise_groups(cfg.noise)
+    repeated = sorted({f"{k}:{r:g}" for k, r in noises if noises.count((k, r)) > 1})
+    if repeated:
+        raise ConfigError(f"--noise lists {', '.join(repeated)} more than once: give each rate once (use --seeds "
+                          f"for repeats)")
     ident = sweep_identity(cfg)
     out = []
     for label, method, opts in _rows(cfg):

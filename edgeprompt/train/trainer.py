@@ -100,12 +100,18 @@ def fit(
     start, history = 0, []
     ckpt_path, metrics_path = workdir / CHECKPOINT, workdir / "metrics.jsonl"
     if ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        method.load_trainable_state_dict(ck["method"])
-        opt.load_state_dict(ck["opt"])
-        scaler.load_state_dict(ck["scaler"])
-        gen.set_state(ck["gen"])
-        start, history = ck["epoch"] + 1, ck["history"]
+        try:
+            ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+            method.load_trainable_state_dict(ck["method"])
+            opt.load_state_dict(ck["opt"])
+            scaler.load_state_dict(ck["scaler"])
+            gen.set_state(ck["gen"])
+            start, history = ck["epoch"] + 1, list(ck["history"])
+        except Exception as e:  # noqa: BLE001 - any damage (truncated, foreign, garbage) means the same thing here
+            from edgeprompt.errors import ArtifactError
+
+            raise ArtifactError(f"the resume checkpoint {ckpt_path} is damaged ({type(e).__name__}): delete it "
+                                f"(or its folder {workdir}) to start this run over") from None
         # the metrics file may hold an epoch written after the last checkpoint: rewrite it from the checkpoint
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
         log.info("resuming from epoch %d", start + 1)
