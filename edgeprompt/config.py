@@ -195,6 +195,9 @@ class SweepConfig:
         return d
 
 
+AUDIT_SCORERS = ("probe", "prompt")
+
+
 @dataclass(frozen=True)
 class AuditConfig:
     """``edgeprompt audit``: score every label of a folder or CSV, out of sample (docs/audit.md)."""
@@ -207,6 +210,8 @@ class AuditConfig:
     protocol: str = "default"
     model: str = "edgeprompt-tiny"
     pretrained: str = "shapes"
+    scorer: str = "probe"  # the out-of-sample classifier: probe (logistic regression on frozen features) | prompt
+    probe_c: float = 10.0  # the probe's inverse L2 strength (scikit-learn's C) on unit-norm features
     folds: int = 4  # K of the K-fold cross-fitting
     epochs: int | None = None  # per fold; None: the protocol's
     views: int = 8
@@ -214,6 +219,7 @@ class AuditConfig:
     prior_weight: float = 0.5  # weight of the zero-shot prior in the mixture with the fold predictions
     relabel_threshold: float = 0.5  # --write-fixed: a flagged sample is relabelled when its suggestion is this sure
     drop: bool = False  # --write-fixed: drop every flagged sample instead of relabelling
+    force_fixed: bool = False  # --write-fixed even when the audit finds itself too weak to judge the labels
     write_fixed: str | None = None  # corrected CSV manifest to write
     top: int = 48  # images on the contact sheet
     seed: int = 0
@@ -242,6 +248,11 @@ class AuditConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {v!r}")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.scorer not in AUDIT_SCORERS:
+            raise ConfigError(f"--scorer must be one of {', '.join(AUDIT_SCORERS)}, got {self.scorer!r}."
+                              f"{suggest(str(self.scorer), list(AUDIT_SCORERS))}")
+        if isinstance(self.probe_c, bool) or not isinstance(self.probe_c, int | float) or not 0 < self.probe_c < 1e9:
+            raise ConfigError(f"--probe-c must be a positive number, got {self.probe_c!r}")
         if self.write_fixed is not None and not self.write_fixed.lower().endswith(".csv"):
             raise ConfigError(f"--write-fixed {self.write_fixed}: name a .csv file (a path,label manifest)")
         TrainConfig(device=self.device).validate()

@@ -88,7 +88,14 @@ def test_audit_report_fixed_manifest_and_untouched_data(tiny_model: str, tmp_pat
     data = make_folder(tmp_path / "d", per_class=6)
     before = _tree(data)
     fixed = tmp_path / "fixed.csv"
-    res = audit(_cfg(data, tmp_path / "rep", tiny_model, cache_dir, method="coop", write_fixed=str(fixed)))
+    # a random-weight model cannot judge labels: the audit says so and writes no "fixed" manifest on its own
+    weak = audit(_cfg(data, tmp_path / "weak", tiny_model, cache_dir, method="coop", write_fixed=str(fixed)))
+    assert not weak["reliable"] and weak["fixed"] is None and not fixed.exists()
+    assert weak["verdict"].startswith("the audit cannot judge these labels")
+    assert weak["verdict"] in (tmp_path / "weak" / "report.md").read_text().replace("**", "").lower() or \
+        "cannot judge" in (tmp_path / "weak" / "report.md").read_text()
+    res = audit(_cfg(data, tmp_path / "rep", tiny_model, cache_dir, method="coop", write_fixed=str(fixed),
+                     force_fixed=True))
     assert _tree(data) == before  # the user's folder is never written
     rep = tmp_path / "rep"
     assert {"issues.csv", "audit.json", "report.md", "contact_sheet.png", "noise_matrix.png"} <= \
@@ -127,3 +134,27 @@ def test_audit_cli_on_real_looking_problems(tiny_model: str, tmp_path: Path, cac
     assert code == 2 and "overlaps the audited data" in err and not (data / "rep").exists()
     code, _, err = run_cli(args + ["--folds", "5", "--overwrite"], capsys)
     assert code == 2 and "fewer than --folds 5" in err
+
+
+def test_probe_scores_are_out_of_sample_and_the_audit_knows_its_strength() -> None:
+    import torch
+
+    from edgeprompt.train.audit import Features, probe_probs, self_assessment, stratified_folds
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, 16)) * 3
+    labels = np.repeat(np.arange(4), 12)
+    views = torch.tensor(centres[labels][:, None] + rng.standard_normal((48, 3, 16)), dtype=torch.float32)
+    feats = Features(views, views.mean(1), None, None)
+    folds = stratified_folds(labels, 4, 0)
+    probs = probe_probs(feats, labels, folds, 10.0, 0)
+    assert probs.shape == (48, 4) and np.allclose(probs.sum(1), 1) and (probs.argmax(1) == labels).mean() > 0.9
+    flipped = labels.copy()
+    flipped[5] = (labels[5] + 1) % 4  # a sample's own label never shapes its own row
+    assert np.array_equal(probe_probs(feats, flipped, folds, 10.0, 0)[5], probs[5])
+    # a confident classifier over 90 %-clean labels is reliable; an unsure one over the same labels is not
+    joint = np.diag([0.225] * 4) + 0.025 / 3 * (1 - np.eye(4))
+    sure = self_assessment(np.eye(4)[labels] * 0.98 + 0.005, joint)
+    unsure = self_assessment(np.full((48, 4), 0.25) + np.eye(4)[labels] * 0.1, joint)
+    assert sure["reliable"] and sure["label_accuracy_est"] == pytest.approx(0.9)
+    assert not unsure["reliable"] and unsure["classifier_accuracy_est"] == pytest.approx(0.35)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from edgeprompt.cli.commands_tune import JSON, PROTOCOL_HELP, parse_options
-from edgeprompt.cli.ui import command, emit, pct, reporter, table
+from edgeprompt.cli.ui import command, emit, reporter, table
 from edgeprompt.config import AuditConfig, ExtractConfig, defaults
 
 _AUDIT = defaults(AuditConfig)
@@ -21,7 +21,9 @@ def audit(
     train: Annotated[Path, typer.Argument(help="Labeled folder (root/<class>/images) or CSV manifest whose labels to check (never modified).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder to create (issues.csv, audit.json, report.md, pictures).")],
     run: Annotated[Path | None, typer.Option(help="Reuse a tuned run's backbone, method and options (re-fitted per fold, so scores stay out of sample).")] = None,
-    method: Annotated[str, typer.Option("--method", "-m", help="Robust prompt tuned on the other folds.")] = _AUDIT["method"],
+    scorer: Annotated[str, typer.Option(help="The out-of-sample classifier: probe (logistic regression on the frozen features, the default) | prompt (--method tuned per fold).")] = _AUDIT["scorer"],
+    probe_c: Annotated[float, typer.Option(help="The probe's inverse regularisation strength (scikit-learn's C).")] = _AUDIT["probe_c"],
+    method: Annotated[str, typer.Option("--method", "-m", help="With --scorer prompt: the robust prompt tuned on the other folds.")] = _AUDIT["method"],
     opt: Annotated[list[str] | None, typer.Option("--opt", help="A method option as KEY=VALUE (repeatable).")] = None,
     protocol: Annotated[str, typer.Option(help=PROTOCOL_HELP)] = _AUDIT["protocol"],
     folds: Annotated[int, typer.Option(help="K of the K-fold cross-fitting (each sample is scored by a prompt that never saw it).")] = _AUDIT["folds"],
@@ -30,6 +32,7 @@ def audit(
     write_fixed: Annotated[Path | None, typer.Option(help="Write a corrected path,label CSV here (flagged samples relabelled or dropped).")] = None,
     relabel_threshold: Annotated[float, typer.Option(help="With --write-fixed: relabel a flagged sample when its suggestion is at least this probable, else drop it.")] = _AUDIT["relabel_threshold"],
     drop: Annotated[bool, typer.Option("--drop", help="With --write-fixed: drop every flagged sample instead of relabelling.")] = False,
+    force_fixed: Annotated[bool, typer.Option("--force-fixed", help="Write --write-fixed even when the audit finds its classifier too weak to judge the labels.")] = False,
     model: Annotated[str, typer.Option(help="open_clip model name.")] = _AUDIT["model"],
     pretrained: Annotated[str, typer.Option(help="Pretrained tag, checkpoint path, or 'shapes'.")] = _AUDIT["pretrained"],
     top: Annotated[int, typer.Option(help="Suspects on the contact sheet.")] = _AUDIT["top"],
@@ -47,17 +50,18 @@ def audit(
     cfg = AuditConfig(train=str(train), out=str(out), run=str(run) if run else None, method=method,
                       method_options=parse_options(opt or []), protocol=protocol, folds=folds, epochs=epochs,
                       prior_weight=prior_weight, write_fixed=str(write_fixed) if write_fixed else None,
-                      relabel_threshold=relabel_threshold, drop=drop, model=model, pretrained=pretrained, top=top,
+                      relabel_threshold=relabel_threshold, drop=drop, force_fixed=force_fixed, scorer=scorer,
+                      probe_c=probe_c, model=model, pretrained=pretrained, top=top,
                       seed=seed, cache_dir=str(cache_dir) if cache_dir else None, overwrite=overwrite)
     with reporter() as rep:
         result = api.audit(cfg, rep)
 
     def render(r: dict[str, Any]) -> None:
-        table(f"{r['n']} labels, {len(r['classes'])} classes: estimated noise rate {pct(r['estimated_noise_rate'])} %, "
-              f"{r['flagged']} flagged (most likely wrong first)", ["name", "given", "suggested", "p", "score"],
+        table(f"{r['n']} labels, {len(r['classes'])} classes: {r['verdict']} (most likely wrong first)",
+              ["name", "given", "suggested", "p", "score"],
               [[Path(x["path"]).name, x["given"], x["suggested"], x["suggested_prob"], x["score"]]
                for x in r["top_issues"]])
-        if "fixed" in r:
+        if r.get("fixed"):
             f = r["fixed"]
             print(f"wrote {f['file']}: {f['rows']} rows, {f['relabelled']} relabelled, {f['dropped']} dropped")
         print(f"report: {out}/report.md")

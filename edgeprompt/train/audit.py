@@ -83,6 +83,55 @@ def out_of_sample_probs(cfg: AuditConfig, data: LabeledSet, feats: Features, bac
     return probs
 
 
+def probe_probs(feats: Features, given: np.ndarray, folds: np.ndarray, c: float, seed: int,
+                rep: Reporter | None = None) -> np.ndarray:
+    """(N, C) out-of-sample probabilities of a logistic-regression probe on the frozen features (CLIPCleaner's view).
+
+    For each fold, a multinomial logistic regression is fitted on the other folds' augmented views (every view of a
+    sample carries its given label) and predicts the held-out fold's centre views. Features are unit-normalised,
+    as CLIP compares them. Why a probe: at few shots it is the strongest classifier the frozen features allow (a
+    prompt is a far more constrained one), and the audit can only flag a label when its classifier is more often
+    right than the labels are (docs/audit.md). scikit-learn's solver, not ours: it is the reference.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    views = torch.nn.functional.normalize(feats.views.float(), dim=-1).numpy()  # (N, V, E)
+    centre = torch.nn.functional.normalize(feats.centre.float(), dim=-1).numpy()  # (N, E)
+    n, v, _ = views.shape
+    k_classes = int(given.max()) + 1 if len(given) else 0
+    probs = np.zeros((n, k_classes), dtype=np.float64)
+    tick = rep.task(f"fitting the probe on {folds.max() + 1} folds") if rep else None
+    for k in range(int(folds.max()) + 1):
+        held, kept = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
+        clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+        clf.fit(views[kept].reshape(-1, views.shape[-1]), np.repeat(given[kept], v))
+        p = np.zeros((len(held), k_classes))
+        p[:, clf.classes_] = clf.predict_proba(centre[held])
+        probs[held] = p
+        if tick:
+            tick(k + 1, int(folds.max()) + 1)
+    return probs
+
+
+def self_assessment(probs: np.ndarray, joint: np.ndarray) -> dict[str, Any]:
+    """Whether the audit's classifier is strong enough to judge these labels.
+
+    Confident learning can call a label wrong only when its classifier is right more often than the labels are. The
+    classifier's own accuracy is estimated from its confidence (mean top probability of the out-of-sample mixture;
+    honest when the probabilities are calibrated, and an overestimate is not flattering here: confident wrong
+    predictions only make the audit look stronger than the labels and so flag more); the labels' accuracy is 1 minus
+    the estimated noise rate. The audit is *reliable* when the first exceeds the second by ``MARGIN``.
+    """
+    est_acc = float(probs.max(1).mean())
+    label_acc = float(np.trace(joint))
+    reliable = est_acc >= label_acc + MARGIN
+    return {"classifier_accuracy_est": round(est_acc, 4), "label_accuracy_est": round(label_acc, 4),
+            "reliable": bool(reliable)}
+
+
+MARGIN = 0.05  # the classifier must beat the labels by this much for its flags and noise rate to be trusted
+
+
 def zero_shot_probs(backbone: Any, data: LabeledSet, centre: torch.Tensor) -> np.ndarray:
     """(N, C) zero-shot probabilities: the prior that has seen no label."""
     zs = create_method("zeroshot", backbone, list(data.classnames))
@@ -172,9 +221,14 @@ def audit(cfg: AuditConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     feats = Features(views, centre, vtok, ctok)
 
     given = np.asarray(data.labels)
-    fold_probs = out_of_sample_probs(cfg, data, feats, backbone, method_opts, train_cfg, rep)
+    folds = stratified_folds(given, cfg.folds, cfg.seed)
+    if cfg.scorer == "probe":
+        fold_probs = probe_probs(feats, given, folds, cfg.probe_c, cfg.seed, rep)
+    else:
+        fold_probs = out_of_sample_probs(cfg, data, feats, backbone, method_opts, train_cfg, rep, folds)
     prior = zero_shot_probs(backbone, data, centre)
     probs = (1 - cfg.prior_weight) * fold_probs + cfg.prior_weight * prior
     cl = confident_learning(given, probs)
+    cl["assessment"] = self_assessment(probs, cl["joint"])
     with output_lock(out):
         return write_report(cfg, data, probs, cl, train_cfg, time.perf_counter() - t0, rep)

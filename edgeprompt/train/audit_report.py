@@ -79,7 +79,9 @@ def write_report(cfg: AuditConfig, data: LabeledSet, probs: np.ndarray, cl: dict
         "estimated true label; each row sums to 1",
         "confused_pairs": [{"given": a, "true": b, "joint": round(float(v), 4)} for v, a, b in pairs],
         "top_issues": rows[: min(10, len(rows))], "time_s": round(seconds, 1),
+        "scorer": cfg.scorer, **cl["assessment"],
     }
+    summary["verdict"] = verdict(summary)
     out = Path(cfg.out)
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         atomic_write_text(tmp / "issues.csv", csv_text(rows, ["path", "given", "suggested", "suggested_prob", "score",
@@ -91,7 +93,10 @@ def write_report(cfg: AuditConfig, data: LabeledSet, probs: np.ndarray, cl: dict
             heat_map(noise_matrix, names, tmp / "noise_matrix.png")
         atomic_write_text(tmp / "report.md", report_markdown(summary, rows, cfg, pictures))
         summary["files"] = {f.name: str(out / f.name) for f in tmp.iterdir()}
-    if cfg.write_fixed:
+    if cfg.write_fixed and not summary["reliable"] and not cfg.force_fixed:
+        log.warning("no fixed manifest written: %s (--force-fixed writes it anyway)", summary["verdict"])
+        summary["fixed"] = None
+    elif cfg.write_fixed:
         fixed, relabelled, dropped = fixed_rows(rows, cfg)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["path", "label"], lineterminator="\n")
@@ -100,20 +105,34 @@ def write_report(cfg: AuditConfig, data: LabeledSet, probs: np.ndarray, cl: dict
         atomic_write_bytes(cfg.write_fixed, buf.getvalue().encode())
         summary["fixed"] = {"file": str(cfg.write_fixed), "rows": len(fixed), "relabelled": relabelled,
                             "dropped": dropped}
-    rep.message(f"audit of {len(data)} labels: estimated noise rate {100 * summary['estimated_noise_rate']:.1f} %, "
-                f"{summary['flagged']} flagged; report in {out}")
+    rep.message(f"audit of {len(data)} labels: {summary['verdict']}; report in {out}")
     return summary
+
+
+def verdict(summary: dict[str, Any]) -> str:
+    """The one line a person reads first: the estimate, or why there is none to trust."""
+    clf, lab = 100 * summary["classifier_accuracy_est"], 100 * summary["label_accuracy_est"]
+    if summary["reliable"]:
+        return (f"estimated noise rate {100 * summary['estimated_noise_rate']:.1f} %, {summary['flagged']} labels "
+                f"flagged (the audit's classifier, about {clf:.0f} % accurate, beats the labels' estimated "
+                f"{lab:.0f} %)")
+    return (f"the audit cannot judge these labels: its classifier is about {clf:.0f} % accurate, not clearly above "
+            f"the labels' estimated {lab:.0f} %, so its {summary['flagged']} flags and its noise rate are not "
+            f"trustworthy; read the ranking as a review order, not a verdict (a stronger --model, or more images)")
 
 
 def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]], cfg: AuditConfig, pictures: bool) -> str:
     """report.md: what was estimated, the top suspects, the most confused pairs."""
     top = [{**r, "path": Path(r["path"]).name} for r in rows[:20]]
+    scorer = (f"a logistic-regression probe on the frozen features (C = {cfg.probe_c:g})" if cfg.scorer == "probe"
+              else f"{cfg.method} tuned")
     parts = [
         f"# Label audit of {summary['train']}\n",
-        f"{summary['n']} labels, {len(summary['classes'])} classes. Estimated noise rate "
-        f"**{100 * summary['estimated_noise_rate']:.1f} %**; **{summary['flagged']}** samples flagged as likely "
-        f"mislabeled (confident learning over out-of-sample probabilities: {cfg.method} tuned on "
-        f"{cfg.folds - 1} of {cfg.folds} folds, mixed with the zero-shot prior at weight {cfg.prior_weight}).\n",
+        f"{summary['n']} labels, {len(summary['classes'])} classes. **{summary['verdict'][0].upper()}"
+        f"{summary['verdict'][1:]}.**\n",
+        f"Out-of-sample probabilities: {scorer} on {cfg.folds - 1} of {cfg.folds} folds, mixed with the zero-shot "
+        f"prior at weight {cfg.prior_weight}; flags and the noise estimate by confident learning. The classifier's "
+        f"accuracy is estimated from its own confidence, the labels' as 1 minus the estimated noise rate.\n",
         "## Most likely wrong\n", markdown_table(top, ["path", "given", "suggested", "suggested_prob", "score"]), "\n",
         "## Most confused pairs (estimated joint of given and true label)\n",
         markdown_table(summary["confused_pairs"], ["given", "true", "joint"]) or "none", "\n",

@@ -42,6 +42,7 @@ STEPS, LR = 4000, 1e-3
 # A logit-scale floor: unclamped, the learned scale settles near 21 on this world, and DSPT's suppression needs a
 # peaked softmax (CLIP's scale is 100); see docs/world.md.
 SCALE_FLOOR = 50.0
+SCALE_INIT, SCALE_RAMP = 1 / 0.07, 0  # CLIP's start; the floor reaches SCALE_FLOOR after SCALE_RAMP steps
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # open_clip's default preprocessing
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
@@ -181,8 +182,9 @@ def pretrain(
     eval_per_class: int = 50,
     prefix_frac: float = 0.5,
     max_prefix: int = 16,
-    scale_init: float | None = SCALE_FLOOR,
+    scale_init: float | None = SCALE_INIT,
     scale_min: float = SCALE_FLOOR,
+    scale_ramp: int = SCALE_RAMP,
 ) -> dict[str, float]:
     """Train ``edgeprompt-tiny`` from scratch and write the compact checkpoint to ``out_path``.
 
@@ -203,7 +205,9 @@ def pretrain(
             :func:`encode_with_noise_prefix`); 0 turns this off.
         max_prefix: most random vectors inserted; CoOp's default context length is 16.
         scale_init: the logit scale at step 0 (None: open_clip's 1/0.07).
-        scale_min: the floor the logit scale is clamped to after every step (``SCALE_FLOOR``).
+        scale_min: the floor the logit scale is clamped to after every step once the ramp is over (``SCALE_FLOOR``).
+        scale_ramp: steps over which the floor rises linearly from ``scale_init`` to ``scale_min`` (0: the floor
+            holds from step 0). A peaked softmax over random features at step 0 slows early learning.
 
     Returns:
         Final metrics: zero-shot top-1 on the shape task in both domains, wall time, steps.
@@ -251,9 +255,11 @@ def pretrain(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(math.log(scale_min), math.log(100))
         done = step + 1
+        with torch.no_grad():
+            floor = scale_min if done >= scale_ramp or scale_init is None else (
+                scale_init + (scale_min - scale_init) * done / scale_ramp)
+            model.logit_scale.clamp_(math.log(floor), math.log(100))
         if done % log_every == 0 or done == steps:
             el = time.time() - t0
             log.info("step %d/%d loss %.4f lr %.2e scale %.1f  %.0fs (%.2fs/step)", done, steps, loss.item(), now,
@@ -277,6 +283,7 @@ def pretrain(
     }
     meta = {"model": tiny.MODEL_NAME, "embedding_seed": str(seed), "seed": str(seed), "batch_size": str(batch_size),
             "lr": str(lr), "prefix_frac": str(prefix_frac), "max_prefix": str(max_prefix),
+            "scale_init": str(scale_init), "scale_min": str(scale_min), "scale_ramp": str(scale_ramp),
             **{k: str(v) for k, v in metrics.items()}}  # fmt: skip
     tensors, meta = tiny.pack_state_dict(model.state_dict(), rows, meta)
     tmp = out_path.with_name(out_path.name + ".tmp")
@@ -301,13 +308,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2; use 1 on shared cores)")
     p.add_argument("--eval-every", type=int, default=500, help="steps between zero-shot checks and resume points")
     p.add_argument("--no-resume", action="store_true", help="start over even if a .resume.pt file exists")
-    p.add_argument("--scale-init", type=float, default=SCALE_FLOOR, help=f"initial logit scale ({SCALE_FLOOR:g})")
+    p.add_argument("--scale-init", type=float, default=SCALE_INIT, help=f"initial logit scale ({SCALE_INIT:g})")
     p.add_argument("--scale-min", type=float, default=SCALE_FLOOR, help=f"logit scale floor ({SCALE_FLOOR:g})")
+    p.add_argument("--scale-ramp", type=int, default=SCALE_RAMP,
+                   help=f"steps over which the floor rises from --scale-init to --scale-min ({SCALE_RAMP})")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     pretrain(a.out, steps=a.steps, seed=a.seed, batch_size=a.batch_size, lr=a.lr, threads=a.threads,
              eval_every=a.eval_every, resume=not a.no_resume, scale_init=a.scale_init,
-             scale_min=a.scale_min)  # fmt: skip
+             scale_min=a.scale_min, scale_ramp=a.scale_ramp)  # fmt: skip
     return 0
 
 

@@ -41,7 +41,10 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 TEXTURES = {"pretrain": ("flat", "stripes", "checker", "noise", "gradient"),
             "downstream": ("flat", "stripes", "checker", "noise", "gradient", "dots")}
-SIZES: dict[str, tuple[float, float]] = {"small": (0.19, 0.25), "medium": (0.25, 0.32), "large": (0.32, 0.40)}
+# Shape radius / canvas side. World v3 draws larger shapes than v2 (0.19-0.40): at the model's 32 px a 6-pixel
+# radius left a tiny ViT unable to tell a hexagon from a pentagon, and its frozen features capped a 16-shot probe
+# near 69 % (docs/world.md).
+SIZES: dict[str, tuple[float, float]] = {"small": (0.27, 0.32), "medium": (0.32, 0.37), "large": (0.37, 0.42)}
 # Downstream label words that pretraining captions rarely (RARE_IN_PRETRAIN) or never contain: the text-side part
 # of the domain gap. Seven of the twenty shapes are renamed (docs/world.md).
 RENAMED: dict[str, str] = {"diamond": "rhombus", "cross": "plus sign", "ring": "donut", "star": "pentagram",
@@ -187,7 +190,10 @@ _GEOMETRY: dict[str, list[tuple[np.ndarray, int]]] = {
     "frame": [(_ngon(4, 1.25, np.pi / 4), 255), (_ngon(4, 0.72, np.pi / 4), 0)],
 }
 # fmt: on
-# Rotation range per shape: small where a larger turn would make another class (square -> diamond, cross -> x).
+# Rotation range per shape: small where a larger turn would make another class (square -> diamond, cross -> x), and
+# at most MAX_TURN for every shape (v3: shapes stand roughly upright, like icons; a full turn made the shapes far
+# slower to learn for the tiny model, docs/world.md).
+MAX_TURN = 30.0
 _MAX_TURN = {
     "square": 20.0,
     "diamond": 20.0,
@@ -292,7 +298,7 @@ def sample_spec(
     size = list(SIZES)[rng.integers(len(SIZES))]
     radius = float(rng.uniform(*SIZES[size]))
     cx, cy = _place(rng, radius)
-    turn = _MAX_TURN.get(shape, 180.0)
+    turn = _MAX_TURN.get(shape, MAX_TURN)
     textures = TEXTURES[domain]
     texture = textures[rng.integers(len(textures))]
     grey = rng.uniform(60, 200)  # muted backgrounds, so every saturated shape colour stands out by hue
