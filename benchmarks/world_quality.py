@@ -1,17 +1,18 @@
-"""The offline world's quality bar (issue: tuning that pays off), rerunnable by anyone, offline, on a CPU.
+"""The offline world's quality bars (world v3), rerunnable by anyone, offline, on a CPU.
 
-On the downstream shape task of the shipped ``edgeprompt-tiny`` / ``shapes`` model, 16 shots, default flags (the
-default protocol: context from the template, 50 epochs; crop scale by image size), mean ± std over seeds:
+On the downstream shape task of the shipped ``edgeprompt-tiny`` / ``shapes`` model, 16 shots, default flags, for
+each data seed (``data shapes --seed S``) and tuning seeds 1..N:
 
-  1. zero-shot top-1 between 45 % and 65 %;
-  2. the best tuned method on clean labels >= zero-shot + 15, and default CoOp >= zero-shot + 10;
-  3. CoOp (cross-entropy) at 50 % symmetric noise below zero-shot (noise must hurt);
-  4. the model's logit scale >= 50; at least 20 downstream classes;
-  5. pretraining at most 30 minutes on two cores, shipped weights at most 10 MB (from the checkpoint's record).
+  1. a 16-shot logistic-regression probe on the frozen centre-view features >= 85 % (best C of 0.1 .. 1000);
+  2. zero-shot top-1 in 45..60 %;
+  3. default CoOp >= zero-shot + 12, class-specific CoOp >= zero-shot + 18;
+  4. CoOp (cross-entropy) at 50 % symmetric noise below zero-shot;
+  5. the model's logit scale >= 50; pretraining <= 60 min on 2 cores and weights <= 20 MB (the checkpoint's record).
 
+Also printed: the robust methods at 50 % symmetric noise and their gain kept, (noisy - zero-shot) / (CoOp - zero-shot).
 Exit code 1 when a bar is missed.
 
-    python benchmarks/world_quality.py [--seeds 3] [--out /tmp/world-quality] [--cells coop,dspt,...]
+    python benchmarks/world_quality.py [--data-seeds 0,1,2] [--seeds 3] [--cells coop,coop-csc,...]
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from edgeprompt.config import TrainConfig, TuneConfig
 from edgeprompt.train.run import evaluate, tune
 from edgeprompt.world import shapes, tiny
@@ -32,64 +35,106 @@ CELLS: dict[str, tuple[str, dict, str]] = {
     "zeroshot": ("zeroshot", {}, "none"),
     "coop": ("coop", {}, "none"),
     "coop-csc": ("coop", {"class_specific": True}, "none"),
-    "dspt": ("dspt", {}, "none"),
-    "visprompt": ("visprompt", {}, "none"),
     "coop@sym50": ("coop", {}, "sym:0.5"),
     "dspt@sym50": ("dspt", {}, "sym:0.5"),
+    "nlprompt@sym50": ("nlprompt", {}, "sym:0.5"),
 }
+PROBE_C = (0.1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def probe(data: Path, cache: Path, shots: int = 16, seed: int = 1) -> tuple[float, float]:
+    """(best top-1 of a logistic regression on frozen centre-view features, its C): ``shots`` per class to test."""
+    from sklearn.linear_model import LogisticRegression
+
+    from edgeprompt.backbone import create_backbone
+    from edgeprompt.data import load_labeled, sample_few_shot
+    from edgeprompt.train.cache import FeatureCache
+
+    backbone = create_backbone(tiny.MODEL_NAME, "shapes")
+    store = FeatureCache(backbone, str(cache))
+    few = sample_few_shot(load_labeled(data / "train"), shots, seed)
+    test = load_labeled(data / "test")
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    xtr = unit(store.features(few.paths)[0].float().numpy())
+    xte = unit(store.features(test.paths)[0].float().numpy())
+    scores = {c: LogisticRegression(C=c, max_iter=5000).fit(xtr, few.labels).score(xte, test.labels) for c in PROBE_C}
+    best = max(scores, key=scores.__getitem__)
+    return 100 * scores[best], best
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/edgeprompt-world-quality")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--data-seeds", default="0,1,2")
+    ap.add_argument("--seeds", type=int, default=3, help="tuning seeds per data seed")
     ap.add_argument("--cells", default=",".join(CELLS), help="comma-separated subset of: " + ", ".join(CELLS))
     args = ap.parse_args()
     out = Path(args.out)
-    data = out / "data"
-    if not (data / "test").is_dir():
-        shapes.write_dataset(data, task="shape", per_class=16, seed=0, overwrite=True)
-    results: dict[str, list[float]] = {}
+    cache = out / "cache"
+    names = args.cells.split(",")
+    per_seed: dict[int, dict[str, list[float]]] = {}
+    probes: dict[int, tuple[float, float]] = {}
     scale = None
     t0 = time.perf_counter()
-    for seed in range(1, args.seeds + 1):
-        for name in args.cells.split(","):
-            method, opts, noise = CELLS[name]
-            run = out / "runs" / f"{name}-s{seed}"
-            tune(TuneConfig(train=str(data / "train"), out=str(run), method=method, method_options=opts, shots=16,
-                            noise=noise, cache_dir=str(out / "cache"), overwrite=True,
-                            train_cfg=TrainConfig(seed=seed, eval_every=0)))
-            ev = evaluate(run, data / "test", cache_dir=str(out / "cache"))
-            results.setdefault(name, []).append(100 * ev["top1"])
-            scale = scale or json.loads((run / "manifest.json").read_text())["logit_scale"]
-            print(f"seed {seed}  {name:12s} {100 * ev['top1']:5.1f}", flush=True)
-    mean = {k: statistics.fmean(v) for k, v in results.items()}
-    std = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in results.items()}
+    for ds in (int(s) for s in args.data_seeds.split(",")):
+        data = out / f"data-{ds}"
+        if not (data / "test").is_dir():
+            shapes.write_dataset(data, task="shape", per_class=16, seed=ds, overwrite=True)
+        probes[ds] = probe(data, cache)
+        print(f"data seed {ds}: probe {probes[ds][0]:.1f} (C = {probes[ds][1]:g})", flush=True)
+        results = per_seed.setdefault(ds, {})
+        for seed in range(1, args.seeds + 1):
+            for name in names:
+                method, opts, noise = CELLS[name]
+                if method == "zeroshot" and seed > 1:
+                    results[name].append(results[name][0])  # zero-shot trains nothing: one evaluation per data seed
+                    continue
+                run = out / "runs" / f"d{ds}-{name}-s{seed}"
+                tune(TuneConfig(train=str(data / "train"), out=str(run), method=method, method_options=opts,
+                                shots=16, noise=noise, cache_dir=str(cache), overwrite=True,
+                                train_cfg=TrainConfig(seed=seed, eval_every=0)))
+                top1 = 100 * evaluate(run, data / "test", cache_dir=str(cache))["top1"]
+                results.setdefault(name, []).append(top1)
+                scale = scale or json.loads((run / "manifest.json").read_text())["logit_scale"]
+                print(f"data seed {ds}  seed {seed}  {name:15s} {top1:5.1f}", flush=True)
     meta = tiny.checkpoint_metadata()
     weights_mb = tiny.tiny_weights_path(tiny.MODEL_NAME, "shapes").stat().st_size / 1e6
-    zs = mean.get("zeroshot", float("nan"))
-    tuned = {k: v for k, v in mean.items() if "@" not in k and k != "zeroshot"}
-    best = max(tuned, key=tuned.__getitem__) if tuned else None
-    checks = {
-        "zero-shot in [45, 65]": 45 <= zs <= 65,
-        f"best tuned ({best}) >= zero-shot + 15": best is not None and tuned[best] >= zs + 15,
-        "default CoOp >= zero-shot + 10": mean.get("coop", -1) >= zs + 10,
-        "CoOp-CE at 50 % sym below zero-shot": mean.get("coop@sym50", 1e9) < zs,
+    rows, checks = [], {}
+    for ds, res in per_seed.items():
+        mean = {k: statistics.fmean(v) for k, v in res.items()}
+        std = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in res.items()}
+        zs, coop = mean.get("zeroshot", float("nan")), mean.get("coop", float("nan"))
+        kept = {k: (mean[k] - zs) / (coop - zs) for k in mean if "@" in k and coop - zs > 0}
+        rows.append({"data_seed": ds, "probe": probes[ds][0], "mean": mean, "std": std, "gain_kept": kept})
+        checks.update({
+            f"seed {ds}: probe >= 85": probes[ds][0] >= 85,
+            f"seed {ds}: zero-shot in [45, 60]": 45 <= zs <= 60,
+            f"seed {ds}: CoOp >= zero-shot + 12": coop >= zs + 12,
+            f"seed {ds}: class-specific CoOp >= zero-shot + 18": mean.get("coop-csc", -1) >= zs + 18,
+            f"seed {ds}: CoOp-CE at 50 % sym below zero-shot": mean.get("coop@sym50", 1e9) < zs,
+        })
+    checks.update({
         "logit scale >= 50": scale is not None and scale >= 50,
-        ">= 20 downstream classes": len(shapes.classnames("shape")) >= 20,
-        "pretraining <= 30 min on 2 cores": float(meta.get("wall_s", 1e9)) <= 1800 and meta.get("threads") in (
+        "pretraining <= 60 min on 2 cores": float(meta.get("wall_s", 1e9)) <= 3600 and meta.get("threads") in (
             "2", "2.0"),
-        "weights <= 10 MB": weights_mb <= 10,
-    }
-    print(f"\nmean ± std over {args.seeds} seeds ({time.perf_counter() - t0:.0f} s of tuning here):")
-    for k in mean:
-        print(f"  {k:12s} {mean[k]:5.1f} ± {std[k]:.1f}")
-    print(f"  logit scale {scale:.1f}; {len(shapes.classnames('shape'))} classes; pretraining {meta.get('wall_s')} s "
+        "weights <= 20 MB": weights_mb <= 20,
+    })
+    head = ["data seed", "probe", *names, *(f"kept {k}" for k in names if "@" in k)]
+    print(f"\nmean ± std over {args.seeds} tuning seeds ({time.perf_counter() - t0:.0f} s here); gain kept against "
+          f"clean CoOp:\n\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        cells = [f"{r['mean'][k]:.1f} ± {r['std'][k]:.1f}" if k in r["mean"] else "–" for k in names]
+        kept = [f"{100 * r['gain_kept'][k]:.0f} %" if k in r["gain_kept"] else "–" for k in names if "@" in k]
+        print(f"| {r['data_seed']} | {r['probe']:.1f} | " + " | ".join(cells + kept) + " |")
+    print(f"\nlogit scale {scale:.1f}; {len(shapes.classnames('shape'))} classes; pretraining {meta.get('wall_s')} s "
           f"on {meta.get('threads')} threads, {meta.get('steps')} steps; weights {weights_mb:.2f} MB")
     for k, ok in checks.items():
         print(f"  [{'ok' if ok else 'MISSED'}] {k}")
-    print(json.dumps({"mean": mean, "std": std, "runs": results, "logit_scale": scale, "pretrain": meta,
-                      "weights_mb": weights_mb, "checks": checks}))
+    print(json.dumps({"rows": rows, "logit_scale": scale, "pretrain": meta, "weights_mb": weights_mb,
+                      "checks": checks}))
     return 0 if all(checks.values()) else 1
 
 

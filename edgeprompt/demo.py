@@ -1,7 +1,8 @@
 """``edgeprompt demo``: the whole story on the shipped world, offline, in a few minutes on a laptop CPU.
 
 Zero-shot CLIP (the prior), CoOp on clean labels (what tuning can gain), CoOp at 50 % symmetric noise (what noise
-does to cross-entropy), DSPT and VisPrompt at the same noise (what robustness keeps); then the DSPT run is
+does to cross-entropy), DSPT, NLPrompt and VisPrompt at the same noise (what robustness keeps, as the share of the
+clean gain each keeps: :func:`edgeprompt.train.sweep.gain_kept`); then the DSPT run is
 exported to ONNX and the bundle is checked on the test split with the torch-free runtime. It composes the other
 commands' library functions and adds no logic of its own.
 """
@@ -20,6 +21,7 @@ DEMO_ROWS: tuple[tuple[str, str, str | None], ...] = (
     ("CoOp, clean labels", "coop", "none"),
     ("CoOp", "coop", None),
     ("DSPT", "dspt", None),
+    ("NLPrompt", "nlprompt", None),
     ("VisPrompt", "visprompt", None),
 )
 
@@ -66,6 +68,12 @@ def run_demo(out: str | Path = "edgeprompt-demo", *, noise: str = "sym:0.5", sho
                      "test_top1": test["top1"], "train_acc_clean": noisy["acc_clean"],
                      "flipped_memorized": noisy["memorized_flipped"], "n_train": res["n_train"],
                      "n_flipped": res["n_flipped"], "tune_s": res["time_s"]})
+    from edgeprompt.train.sweep import gain_kept
+
+    zs = next(r["test_top1"] for r in rows if r["method"] == "zeroshot")
+    clean = next(r["test_top1"] for r in rows if r["method"] == "coop" and r["noise"] == "none")
+    for r in rows:
+        r["gain_kept"] = gain_kept(r["test_top1"], zs, clean) if r["method"] != "zeroshot" else 0.0
     result: dict[str, Any] = {"out": str(out), "data": str(data), "classes": test["classnames"], "noise": noise,
                               "rows": rows}
     if export:

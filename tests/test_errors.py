@@ -533,6 +533,19 @@ def test_row11_a_batch_that_cannot_fit_is_refused(world: dict[str, Path], capsys
     assert code == 2 and "use at most" in err
 
 
+def test_bare_commands_print_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in ([], ["data"]):
+        code, out, err = run_cli(argv, capsys)
+        assert code == 0 and "Usage: edgeprompt" in out + err and "error" not in err
+    code, out, _ = run_cli(["--version"], capsys)
+    from edgeprompt.version import __version__
+
+    assert code == 0 and out.strip() == f"edgeprompt {__version__}"
+    assert run_cli(["-V"], capsys)[1] == out
+    code, out, _ = run_cli(["tune", "-h"], capsys)
+    assert code == 0 and "--method" in out
+
+
 def test_row12_data_shapes_names_the_real_option(world: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["data", "shapes", str(world["data"])], capsys)
     assert code == 2 and "--overwrite" in err and "--force" not in err

@@ -15,7 +15,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from edgeprompt.version import __version__
+
+        typer.echo(f"edgeprompt {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """The root options (the help text is the app's)."""
 commands_tune.register(app)
 commands_data.register(app)
 commands_deploy.register(app)
@@ -34,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except typer.TyperException as e:  # click's usage errors (unknown option, bad value, missing argument)
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare `edgeprompt` / `edgeprompt data`: the help was printed
+            sys.exit(0)
         ctx = getattr(e, "ctx", None)
         where = ctx.command_path if ctx is not None else "edgeprompt"
         text = e.format_message() if hasattr(e, "format_message") else str(e)
