@@ -63,7 +63,7 @@ class TrainConfig:
     epochs: int | None = None  # None: the protocol's (PROTOCOLS); CoOp uses 200 for 16 shots
     batch_size: int = 32
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.002
+    lr: float | None = None  # None: the method's default under the protocol (METHOD_LR; docs/defaults.md)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1  # constant-lr warm-up epochs
@@ -84,7 +84,9 @@ class TrainConfig:
         _check_int("--seed", self.seed, 0, MAX_SEED)
         _check_int("warmup_epochs", self.warmup_epochs, 0)
         for name, v in (("--lr", self.lr), ("warmup_lr", self.warmup_lr)):
-            if not (isinstance(v, int | float) and 0 < v < float("inf")):
+            if name == "--lr" and v is None:
+                continue
+            if isinstance(v, bool) or not (isinstance(v, int | float) and 0 < v < float("inf")):
                 raise ConfigError(f"{name} must be a positive number, got {v!r}")
         if not 0 <= self.momentum < 1 or not 0 <= self.weight_decay < 1:
             raise ConfigError("momentum must be in [0, 1) and weight decay in [0, 1)")
@@ -459,13 +461,18 @@ PROTOCOLS: dict[str, Protocol] = {
     "paper": Protocol("paper", 200, (("ctx_init", ""),), "the papers' protocol: 16 random context tokens, CoOp's "
                       "200-epoch schedule"),
 }
+COOP_LR = 0.002  # CoOp's learning rate (SGD, batch 32); every method's under the paper protocol
+# The default protocol's learning rate per method, where it differs from CoOp's: measured on the offline world v3
+# (docs/defaults.md has the grid and why).
+METHOD_LR: dict[str, float] = {}
 SMALL_IMAGE_SIDE = 160  # images whose shorter side is below this get SMALL_IMAGE_CROP (docs/defaults.md)
 SMALL_IMAGE_CROP = 0.5
 COOP_CROP = 0.08  # CoOp's random-resized-crop scale, for photos
 
 
 def resolve_tune(cfg: TuneConfig, image_side: int | None, option_names: Sequence[str]) -> TuneConfig:
-    """Fill what ``cfg`` leaves to the protocol and the data: epochs, protocol method options, crop scale.
+    """Fill what ``cfg`` leaves to the protocol and the data: epochs, learning rate, protocol method options, crop
+    scale.
 
     Args:
         cfg: the config as the user gave it.
@@ -484,6 +491,9 @@ def resolve_tune(cfg: TuneConfig, image_side: int | None, option_names: Sequence
     train_cfg = cfg.train_cfg
     if train_cfg.epochs is None:
         train_cfg = dataclasses.replace(train_cfg, epochs=proto.epochs)
+    if train_cfg.lr is None:
+        lr = METHOD_LR.get(cfg.method, COOP_LR) if cfg.protocol == "default" else COOP_LR
+        train_cfg = dataclasses.replace(train_cfg, lr=lr)
     crop = cfg.crop_scale
     if crop is None:
         crop = SMALL_IMAGE_CROP if image_side is not None and image_side < SMALL_IMAGE_SIDE else COOP_CROP

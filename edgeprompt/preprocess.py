@@ -55,13 +55,28 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return to_rgb(im)
     except FileNotFoundError as e:
         raise DataError(f"image not found: {path}") from e
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         # UnidentifiedImageError and "image file is truncated" are both OSErrors
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"cannot read image {path}: {reason} (remove or replace the file)") from e
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """``im`` as 8-bit RGB, with high-bit-depth greyscale scaled rather than clipped.
+
+    PIL's own ``convert("RGB")`` clips 16-bit ("I;16", "I") and float ("F") pixels to 0..255, so a 16-bit PNG reads
+    as white and a float TIFF in [0, 1] as black. Here the value range decides the scale: at most 1 is a [0, 1]
+    float image, at most 255 an 8-bit one stored wide, anything larger a 16-bit one; NaNs become 0.
+    """
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        return im.convert("RGB")
+    a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(a.max()) if a.size else 0.0
+    scale = 255.0 if im.mode == "F" and top <= 1.0 else 1.0 if top <= 255.0 else 255.0 / 65535.0
+    return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), "L").convert("RGB")
 
 
 def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
@@ -116,7 +131,7 @@ def preprocess(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     Returns:
         float32 array (3, H, W), RGB in [0, 1] (``ToTensor`` semantics).
     """
-    img = _resize(img, spec).convert("RGB")
+    img = to_rgb(_resize(img, spec))  # resize, then convert: open_clip's order
     arr = np.asarray(img, dtype=np.uint8)  # (H, W, 3)
     # ToTensor divides in float32, so the same IEEE operation gives bit-identical values
     return np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32) / np.float32(255.0)

@@ -165,3 +165,20 @@ def test_unknown_spec_values_raise() -> None:
         preprocess(_photo(20, 20), PreprocessSpec(16, resize="longest-ish"))
     with pytest.raises(ConfigError, match="interpolation"):
         preprocess(_photo(20, 20), PreprocessSpec(16, interpolation="lanczos"))
+
+
+def test_high_bit_depth_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    """16-bit PNGs and float TIFFs read as the picture they hold (PIL's convert would give white and black)."""
+    import numpy as np
+    from PIL import Image
+
+    from edgeprompt.preprocess import load_image
+
+    ramp = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "wide.png")
+    Image.fromarray(ramp.astype(np.float32), "F").save(tmp_path / "float.tiff")
+    Image.fromarray((ramp * 255).astype(np.uint8), "L").save(tmp_path / "eight.png")
+    want = np.asarray(load_image(tmp_path / "eight.png"), np.int16)
+    for name in ("wide.png", "float.tiff"):
+        got = np.asarray(load_image(tmp_path / name), np.int16)
+        assert got.shape == (64, 64, 3) and np.abs(got - want).max() <= 1, name

@@ -65,7 +65,7 @@ def tune(
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the protocol's, 50 or 200).", rich_help_panel="Optimisation")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.", rich_help_panel="Optimisation")] = _TRAIN.batch_size,
     optimizer: Annotated[str, typer.Option(help="sgd | adamw.", rich_help_panel="Optimisation")] = _TRAIN.optimizer,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).", rich_help_panel="Optimisation")] = _TRAIN.lr,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (cosine schedule; default: the method's, docs/defaults.md).", rich_help_panel="Optimisation")] = _TRAIN.lr,
     seed: Annotated[int, typer.Option(help="Seed for shots, noise and training.", rich_help_panel="Optimisation")] = _TRAIN.seed,
     eval_every: Annotated[int, typer.Option(help="Validate every N epochs (0 = end only).", rich_help_panel="Optimisation")] = _TRAIN.eval_every,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.", rich_help_panel="Optimisation")] = _TRAIN.device,

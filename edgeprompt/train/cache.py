@@ -113,8 +113,10 @@ class ViewDataset(torch.utils.data.Dataset):
         from PIL import Image
 
         path, sha = self.items[i]
+        from edgeprompt.preprocess import to_rgb
+
         with Image.open(path) as im:
-            img = im.convert("RGB")
+            img = to_rgb(im)
         if self.aug is None:
             return self.eval_tf(img)[None]
         s = self.spec

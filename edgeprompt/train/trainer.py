@@ -84,6 +84,8 @@ def fit(
 
     Resumes from ``workdir/checkpoint.pt`` when present (the caller checks the config matches).
     """
+    if cfg.lr is None or cfg.epochs is None:
+        raise ValueError("fit needs a resolved TrainConfig (learning rate and epochs): see config.resolve_tune")
     device = resolve_device(cfg.device)
     method.to(device)
     params = method.trainable_parameters()

@@ -38,11 +38,11 @@ from edgeprompt.world import shapes, tiny
 
 log = logging.getLogger("edgeprompt.world.pretrain")
 # The settings the shipped weights were trained with; the CLI's defaults are these.
-STEPS, LR = 4000, 1e-3
+STEPS, LR = 9000, 1e-3
 # A logit-scale floor: unclamped, the learned scale settles near 21 on this world, and DSPT's suppression needs a
 # peaked softmax (CLIP's scale is 100); see docs/world.md.
 SCALE_FLOOR = 50.0
-SCALE_INIT, SCALE_RAMP = 1 / 0.07, 0  # CLIP's start; the floor reaches SCALE_FLOOR after SCALE_RAMP steps
+SCALE_INIT, SCALE_RAMP = 1 / 0.07, 3000  # CLIP's start; the floor reaches SCALE_FLOOR after SCALE_RAMP steps
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # open_clip's default preprocessing
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
@@ -177,7 +177,7 @@ def pretrain(
     weight_decay: float = 0.1,
     threads: int | None = 2,
     log_every: int = 50,
-    eval_every: int = 500,
+    eval_every: int = 1000,
     resume: bool = True,
     eval_per_class: int = 50,
     prefix_frac: float = 0.5,
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
     p.add_argument("--lr", type=float, default=LR, help=f"peak learning rate (default: {LR:g})")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2; use 1 on shared cores)")
-    p.add_argument("--eval-every", type=int, default=500, help="steps between zero-shot checks and resume points")
+    p.add_argument("--eval-every", type=int, default=1000, help="steps between zero-shot checks and resume points")
     p.add_argument("--no-resume", action="store_true", help="start over even if a .resume.pt file exists")
     p.add_argument("--scale-init", type=float, default=SCALE_INIT, help=f"initial logit scale ({SCALE_INIT:g})")
     p.add_argument("--scale-min", type=float, default=SCALE_FLOOR, help=f"logit scale floor ({SCALE_FLOOR:g})")
