@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -73,9 +74,28 @@ def test_csv_manifest(tmp_path: Path) -> None:
     csv.write_text("path,label\n" + "".join(rows))
     ds = load_csv(csv)
     assert ds.classnames == ("blue", "green", "red") and len(ds) == 6
-    csv.write_text(csv.read_text() + f"{next(root.rglob('*.png')).relative_to(tmp_path)},purple\n")
+    one = next(root.rglob("*.png"))
+    base = csv.read_text()
+    csv.write_text(base + f"{one.relative_to(tmp_path)},{one.parent.name}\n")  # the same row twice: used once
+    assert len(load_csv(csv)) == 6
+    csv.write_text(base + f"{one.relative_to(tmp_path)},purple\n")  # one image, two labels: refused
+    with pytest.raises(DataError, match="two labels"):
+        load_csv(csv)
+    shutil.copy(one, one.with_name("extra.png"))
+    csv.write_text(base + f"{one.with_name('extra.png').relative_to(tmp_path)},purple\n")
     with pytest.raises(DataError, match="unknown label 'purple'"):
         load_csv(csv, classnames=["blue", "green", "red"])
+    gone = tmp_path / "gone.csv"
+    gone.write_text("path,label\n" + "".join(f"nowhere/{i}.png,red\n" for i in range(5)))
+    with pytest.raises(DataError, match="none of the 5 files .* exists"):
+        load_csv(gone)
+    folder = make_folder(tmp_path / "x.csv", per_class=1)  # a folder whose name ends in .csv is a folder
+    assert len(load_labeled(folder)) == 3
+    link = root / "everything"
+    link.symlink_to(root, target_is_directory=True)  # a class folder that links back to the data root
+    with pytest.raises(DataError, match="inside or around the data folder"):
+        load_folder(root)
+    link.unlink()
 
 
 def test_test_set_classes_must_match(tmp_path: Path) -> None:

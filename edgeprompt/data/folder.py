@@ -121,10 +121,13 @@ def _visible(p: Path, root: Path) -> bool:
     return not any(part.startswith(".") for part in p.relative_to(root).parts)
 
 
-def _handle_problem(problems: list[tuple[str, str]], path: Path | str, reason: str, strict: bool) -> None:
+def _handle_problem(problems: list[tuple[str, str]], path: Path | str, reason: str, strict: bool,
+                    quiet: bool = False) -> None:
+    """Fail under ``strict``; else record the skipped file (``quiet``: the caller warns once for all of them)."""
     if strict:
         raise DataError(f"{path}: {reason} (remove it, or drop --strict to skip such files with a warning)")
-    log.warning("skipping %s: %s", path, reason)
+    if not quiet:
+        log.warning("skipping %s: %s", path, reason)
     problems.append((str(path), reason))
 
 
@@ -160,6 +163,12 @@ def load_folder(
     if not root.is_dir():
         raise DataError(f"{root} is not a directory: pass a folder with one sub-folder per class")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    real_root = root.resolve()
+    for d in class_dirs:  # a link to the root (or above it) would make a class of every image
+        target = d.resolve()
+        if d.is_symlink() and (target == real_root or target in real_root.parents or real_root in target.parents):
+            raise DataError(f"class folder {d} is a link to {target}, inside or around the data folder itself: "
+                            f"remove the link, or point it at a folder outside {root}")
     if not class_dirs:
         raise DataError(f"{root} has no class sub-folders: expected {root}/<class name>/<images>")
     problems: list[tuple[str, str]] = []
@@ -284,10 +293,23 @@ def load_csv(
     if not rows:
         raise DataError(f"CSV manifest {path} has a header but no rows")
     raw = []
+    seen: dict[str, tuple[int, str]] = {}  # resolved path -> (row, label) of its first row
+    repeated = 0
     for n, r in enumerate(rows, start=first):
         if len(r) <= max(cols) or not r[cols[0]] or not display_name(r[cols[1]]):
             raise DataError(f"{path} row {n}: expected a path and a label, got {','.join(r)!r}")
-        raw.append((r[cols[0]], display_name(r[cols[1]])))
+        label = display_name(r[cols[1]])
+        key = str((Path(r[cols[0]]) if Path(r[cols[0]]).is_absolute() else path.parent / r[cols[0]]).resolve())
+        if key in seen:
+            if seen[key][1] != label:
+                raise DataError(f"{path} rows {seen[key][0]} and {n} give {r[cols[0]]} two labels ({seen[key][1]!r} "
+                                f"and {label!r}): keep one row per image")
+            repeated += 1
+            continue
+        seen[key] = (n, label)
+        raw.append((r[cols[0]], label))
+    if repeated:
+        log.warning("%s lists %d image(s) more than once with the same label; each is used once", path, repeated)
     names = list(classnames) if classnames is not None else sorted({lab for _, lab in raw})
     index = {n: i for i, n in enumerate(names)}
     files: list[tuple[Path, int]] = []
@@ -297,9 +319,16 @@ def load_csv(
             raise DataError(f"{path} row {n}: unknown label {lab!r}; known classes: {', '.join(names)}")
         fp = Path(p) if Path(p).is_absolute() else path.parent / p
         if not fp.is_file():
-            _handle_problem(problems, fp, "file does not exist", strict)
+            _handle_problem(problems, fp, "file does not exist", strict, quiet=True)
             continue
         files.append((fp, index[lab]))
+    missing = sum(why == "file does not exist" for _, why in problems)
+    if missing:
+        log.warning("%d of the %d files %s lists do not exist (first: %s); paths are relative to the CSV's folder",
+                    missing, len(raw), path, next(f for f, why in problems if why == "file does not exist"))
+    if not files:
+        raise DataError(f"none of the {len(raw)} files {path} lists exists (first: {raw[0][0]}): relative paths "
+                        f"are read from the CSV's folder {path.parent}")
     paths, labels = _check_all(files, problems, strict, check_images, progress)
     return _finish(paths, labels, names, path.parent, problems, str(path))
 
@@ -314,7 +343,7 @@ def load_labeled(
     """A folder or a ``.csv`` manifest, whichever ``source`` is."""
     names = read_classnames_file(classnames_file) if classnames_file else None
     source = Path(source)
-    if source.suffix.lower() == ".csv":
+    if source.suffix.lower() == ".csv" and not source.is_dir():  # a folder named x.csv is a folder
         return load_csv(source, classnames=names, strict=strict, check_images=check_images, progress=progress)
     return load_folder(source, strict=strict, classnames=names, check_images=check_images, progress=progress)
 
