@@ -101,3 +101,27 @@ def test_extract_command_fills_the_cache_for_tune(tiny_model: str, tmp_path: Pat
                           train_cfg=TrainConfig(epochs=1, batch_size=4, eval_every=0)))
     assert res["cache"]["misses"] == 0 and res["cache"]["hits"] == 24  # views and centre of all 12 images
     assert np.isfinite(res["final_loss"])
+
+
+def test_a_damaged_cache_heals(tiny_backbone, image_folder, tmp_path, caplog) -> None:  # noqa: ANN001
+    """A foreign freshness table is rebuilt, a damaged shard is removed and recomputed, each with one warning."""
+    import logging
+
+    from edgeprompt.train.cache import FeatureCache
+
+    cache = FeatureCache(tiny_backbone, tmp_path / "c")
+    paths = sorted(image_folder.rglob("*.png"))
+    first, _ = cache.features(paths)
+    db = cache.hashes.db
+    db.write_bytes(b"this is not a database at all" * 20)
+    (shard,) = list(cache.dir.rglob("*.npz"))
+    shard.write_bytes(b"PK\x03\x04 damaged")
+    with caplog.at_level(logging.WARNING, logger="edgeprompt"):
+        again, _ = FeatureCache(tiny_backbone, tmp_path / "c").features(paths)
+    assert torch.equal(first, again)
+    assert "index" in caplog.text and "damaged" in caplog.text and "removing damaged feature shard" in caplog.text
+    assert not shard.exists() and db.stat().st_size > 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edgeprompt"):
+        FeatureCache(tiny_backbone, tmp_path / "c").features(paths)
+    assert "damaged" not in caplog.text  # healed: no warning the second time
