@@ -29,6 +29,15 @@ def evaluate(run_dir: str | Path, test: str | Path | None = None, *, on_train: b
     return run_evaluate(run_dir, test, on_train=on_train, strict=strict, cache_dir=cache_dir, reporter=reporter)
 
 
+def classes(run_dir: str | Path, out: str | Path, *, add: Sequence[str] = (), remove: Sequence[str] = (),
+            overwrite: bool = False) -> dict[str, Any]:
+    """A tuned run with classes added or removed, its learned context unchanged
+    (:func:`edgeprompt.train.classes.change_classes`)."""
+    from edgeprompt.train.classes import change_classes
+
+    return change_classes(run_dir, out, add, remove, overwrite)
+
+
 def models() -> dict[str, Any]:
     """Registered methods (with options) and backbones (open_clip names with known pretrained tags)."""
     from edgeprompt.backbone import list_backbones

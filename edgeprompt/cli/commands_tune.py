@@ -262,6 +262,26 @@ def demo(
     emit(result, as_json, render)
 
 
+def classes(
+    run: Annotated[Path, typer.Argument(help="A tuned run directory (shared context: zeroshot, coop, dspt, nlprompt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The changed run directory to create.")],
+    add: Annotated[list[str] | None, typer.Option("--add", help="A class name to add (repeatable).")] = None,
+    remove: Annotated[list[str] | None, typer.Option("--remove", help="A class name to remove (repeatable).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory at --out.")] = False,
+    as_json: JSON = False,
+) -> None:
+    """Add or remove classes of a tuned run without retuning: new rows use the learned context.
+
+    Example: edgeprompt classes runs/coop --add hexagon --add star --out runs/coop-more  then  edgeprompt export
+    runs/coop-more --out bundle
+    """
+    from edgeprompt import api
+
+    result = api.classes(run, out, add=add or [], remove=remove or [], overwrite=overwrite)
+    emit(result, as_json, lambda r: print(f"{r['run_dir']}: {len(r['classes'])} classes ({', '.join(r['classes'])});"
+                                          f" added {r['added'] or 'none'}, removed {r['removed'] or 'none'}"))
+
+
 def demo_caption(r: dict[str, Any]) -> str:
     """What the demo's table shows, said from its own numbers (never a fixed claim)."""
     rows = r["rows"]
@@ -288,4 +308,5 @@ def register(app: typer.Typer) -> None:
     app.command(rich_help_panel="Tune")(command(tune))
     app.command("eval", rich_help_panel="Tune")(command(evaluate))
     app.command(rich_help_panel="Tune")(command(sweep))
+    app.command(rich_help_panel="Tune")(command(classes))
     app.command(rich_help_panel="Info")(command(models))
