@@ -41,7 +41,7 @@ def test_removing_then_re_adding_a_class_reproduces_its_row_exactly(runs: dict[s
     before = _rows(runs["coop"])
     fewer = change_classes(runs["coop"], tmp_path / "fewer", remove=["red"])
     assert fewer["classes"] == ["blue", "green"]
-    again = change_classes(tmp_path / "fewer", tmp_path / "again", add=["red", "purple"])
+    change_classes(tmp_path / "fewer", tmp_path / "again", add=["red", "purple"])
     after = _rows(tmp_path / "again")
     assert list(after) == ["blue", "green", "red", "purple"]
     for name in ("blue", "green", "red"):  # the same context, the same encoder: the same row, up to the float
