@@ -38,6 +38,13 @@ def classes(run_dir: str | Path, out: str | Path, *, add: Sequence[str] = (), re
     return change_classes(run_dir, out, add, remove, overwrite)
 
 
+def checks() -> dict[str, Any]:
+    """This machine's versions, backends, GPU and known-bad combinations (:func:`edgeprompt.checks.run_checks`)."""
+    from edgeprompt.checks import run_checks
+
+    return run_checks()
+
+
 def models() -> dict[str, Any]:
     """Registered methods (with options) and backbones (open_clip names with known pretrained tags)."""
     from edgeprompt.backbone import list_backbones

@@ -79,3 +79,19 @@ def test_help_is_fast_and_torch_free() -> None:
     res = subprocess.run([sys.executable, "-m", "edgeprompt.cli.main", "tune", "--help"], capture_output=True,
                          text=True, env={**os.environ, "COLUMNS": "200"})
     assert res.returncode == 0 and "--noise" in res.stdout and "sym:R" in res.stdout
+
+
+def test_checks_reports_the_machine_and_known_bad_combinations(capsys) -> None:  # noqa: ANN001
+    import json
+
+    from edgeprompt.checks import known_problems
+    from tests.test_errors import run_cli
+
+    code, out, _ = run_cli(["checks", "--json"], capsys)
+    r = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and r["backends"]["ort-cpu"] == "ok" and "numpy" in r["versions"]
+    both = known_problems({"onnxruntime": "1.22.0", "onnxruntime-gpu": "1.22.0", "typer": "0.20.0"}, {"gpus": []})
+    assert len(both) == 1 and "shadows the GPU" in both[0]["problem"] and "uninstall" in both[0]["fix"]
+    jetson = known_problems({"cuda-python": "13.0.1", "typer": "0.11.0"}, {"jetson_model": "NVIDIA Jetson AGX Orin"})
+    assert [p["fix"] for p in jetson] == ["pip install 'cuda-python>=12,<13'", "pip install -U typer"]
+    assert known_problems({"onnxruntime": "1.22.0", "typer": "0.20.0"}, {"gpus": []}) == []

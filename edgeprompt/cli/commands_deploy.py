@@ -146,8 +146,33 @@ def bench(
     emit(result, as_json, lambda r: print(report_markdown(r)))
 
 
+def checks(as_json: JSON = False) -> None:
+    """What this machine has for edgeprompt (versions, backends, GPU, driver, Jetson) and known-bad combinations.
+
+    Run it first when an install misbehaves; each problem comes with the command that fixes it.
+    """
+    from edgeprompt import api
+
+    result = api.checks()
+
+    def render(r: dict[str, Any]) -> None:
+        table("installed", ["name", "value"], [[k, v] for k, v in r["versions"].items()])
+        table("backends", ["backend", "status"], [[k, v] for k, v in r["backends"].items()])
+        gpus = ", ".join(f"{g['name']} (driver {g['driver']})" for g in r["gpus"]) or "none visible"
+        facts = [*r["machine"].items(), ("gpus", gpus), ("jetson", r["jetson_model"] or "no"),
+                 ("power mode", r["power_mode"] or "–")]
+        table("machine", ["name", "value"], [list(f) for f in facts])
+        for p in r["problems"]:
+            print(f"problem: {p['problem']}\n  fix: {p['fix']}")
+        if not r["problems"]:
+            print("no known problem found")
+
+    emit(result, as_json, render)
+
+
 def register(app: typer.Typer) -> None:
     """Attach the deployment commands to ``app``."""
+    app.command(rich_help_panel="Info")(command(checks))
     app.command(rich_help_panel="Deploy")(command(export))
     app.command(rich_help_panel="Deploy")(command(predict))
     app.command(rich_help_panel="Deploy")(command(bench))
