@@ -6,7 +6,7 @@ Nothing inside the package imports this module (an import contract in CI keeps i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,14 @@ def predict(bundle: str | Path, images: Sequence[str | Path], *, top_k: int = 3,
     from edgeprompt.runtime import predict_files
 
     return predict_files(bundle, images, top_k=top_k, backend=backend)
+
+
+def iter_predict(bundle: str | Path, images: Iterable[str | Path], *, top_k: int = 3, backend: str = "auto",
+                 batch_size: int = 32) -> Iterator[dict[str, Any]]:
+    """Predictions streamed one image at a time (:func:`edgeprompt.runtime.iter_predictions`); no torch."""
+    from edgeprompt.runtime import iter_predictions
+
+    return iter_predictions(bundle, images, top_k=top_k, backend=backend, batch_size=batch_size)
 
 
 def sweep(cfg: SweepConfig, reporter: Reporter | None = None) -> dict[str, Any]:

@@ -226,3 +226,27 @@ def test_runtime_works_without_torch(bundle: Path, tmp_path: Path) -> None:
                           text=True, env=env, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == expected
+
+
+def test_predict_streams_jsonl_and_csv_and_reads_paths_from_stdin(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    import io
+    import json
+
+    from tests.conftest import make_folder
+    from tests.test_errors import run_cli
+
+    write_tiny_bundle(tmp_path / "b")
+    data = make_folder(tmp_path / "imgs", per_class=2, size=16)
+    files = sorted(str(p) for p in data.rglob("*.png"))
+    code, out, err = run_cli(["predict", str(tmp_path / "b"), str(data), "--format", "jsonl", "-k", "2"], capsys)
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert code == 0 and [x["image"] for x in lines] == files and all(len(x["top"]) == 2 for x in lines)
+    want = {x["image"]: x["top"] for x in json.loads(run_cli(["predict", str(tmp_path / "b"), str(data), "-k", "2",
+                                                                "--json"], capsys)[1].splitlines()[-1])["predictions"]}
+    assert {x["image"]: x["top"] for x in lines} == want  # streaming gives the batch answer
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(files[:3]) + "\n\n"))
+    code, out, _ = run_cli(["predict", str(tmp_path / "b"), "-", "--format", "csv", "-k", "1"], capsys)
+    rows = out.splitlines()
+    assert code == 0 and rows[0] == "image,label1,p1" and [r.split(",")[0] for r in rows[1:]] == files[:3]
+    code, _, err = run_cli(["predict", str(tmp_path / "b"), str(data), "--format", "yaml"], capsys)
+    assert code == 2 and "--format" in err

@@ -25,15 +25,44 @@ JSON = Annotated[bool, typer.Option("--json", help="Print one JSON object as the
 
 def predict(
     bundle: Annotated[Path, typer.Argument(help="Export bundle (manifest.json + model.onnx [+ model.engine]).")],
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively); - reads paths from stdin, one per line.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Predictions per image.")] = 3,
     backend: Annotated[str, typer.Option(help="auto | ort-cpu | ort-cuda | ort-trt | trt.")] = "auto",
+    fmt: Annotated[str, typer.Option("--format", help="table (at the end) | jsonl | csv (one line per image, as it is classified).")] = "table",
     as_json: JSON = False,
 ) -> None:
-    """Classify images with a compiled bundle (onnxruntime or TensorRT; torch is never imported)."""
-    from edgeprompt import api
+    """Classify images with a compiled bundle (onnxruntime or TensorRT; torch is never imported).
 
-    result = api.predict(bundle, images, top_k=top_k, backend=backend)
+    Example: find photos -name '*.jpg' | edgeprompt predict bundle - --format jsonl
+    """
+    import sys
+
+    from edgeprompt import api
+    from edgeprompt.data.folder import list_images
+    from edgeprompt.errors import ConfigError
+
+    if fmt not in PREDICT_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(PREDICT_FORMATS)}, got {fmt!r}")
+    if [str(i) for i in images] == ["-"]:
+        paths = (p for line in sys.stdin if line.strip() for p in list_images([line.strip()]))
+    else:
+        paths = iter(list_images(images))
+    if fmt != "table" and not as_json:
+        import csv
+        import json
+
+        writer = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
+        if writer:
+            writer.writerow(["image", *(f"{k}{i + 1}" for i in range(top_k) for k in ("label", "p"))])
+        for item in api.iter_predict(bundle, paths, top_k=top_k, backend=backend):
+            if writer:
+                writer.writerow([item["image"], *(v for t in item["top"] for v in (t["label"],
+                                                                                  f"{t['probability']:.6f}"))])
+            else:
+                sys.stdout.write(json.dumps(item) + "\n")
+            sys.stdout.flush()
+        return
+    result = api.predict(bundle, list(paths), top_k=top_k, backend=backend)
 
     def render(r: dict[str, Any]) -> None:
         rows = [[item["image"], ", ".join(f"{p['label']} {100 * p['probability']:.1f}%" for p in item["top"])]
@@ -43,6 +72,7 @@ def predict(
     emit(result, as_json, render)
 
 
+PREDICT_FORMATS = ("table", "jsonl", "csv")
 _EXPORT = defaults(ExportConfig)
 _PROFILE = TrtProfile()
 _TRITON = defaults(TritonConfig)
@@ -54,7 +84,6 @@ def export(
     ctx: typer.Context,
     source: Annotated[Path, typer.Argument(help="Run directory (from `tune`) to export, or a bundle to build a TensorRT engine for.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Bundle directory to create (for a run directory; default RUN-bundle).")] = None,
-    onnx: Annotated[bool, typer.Option("--onnx", help="Write model.onnx (always done when exporting a run; accepted for clarity).")] = True,
     trt: Annotated[bool, typer.Option("--trt", help="Build model.engine with TensorRT here (needs TensorRT and a GPU).")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 weights with FP32 I/O and FP32 LayerNorm/softmax.")] = _EXPORT["fp16"],
     opset: Annotated[int, typer.Option(help="ONNX opset (17..21).")] = _EXPORT["opset"],

@@ -290,7 +290,7 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
     shapes = profile_shapes(io, profile)  # validates before any heavy work
     trt = _require_tensorrt()
     if not onnx_path.is_file():
-        raise ExportError(f"{onnx_path} not found: export the ONNX graph first (`edgeprompt export RUN --onnx`)")
+        raise ExportError(f"{onnx_path} not found: export the ONNX graph first (`edgeprompt export RUN --out BUNDLE`)")
     plan = precision_plan(fp16, trt.__version__, int8=int8)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

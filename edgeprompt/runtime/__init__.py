@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,30 @@ def load_bundle(path: str | os.PathLike[str], backend: str = "auto", *, batch_si
     manifest = read_bundle_manifest(path)
     runtime = load_runtime(path, backend, manifest=manifest, verify=verify, **options)
     return Predictor(manifest, runtime, batch_size=batch_size)
+
+
+def iter_predictions(bundle: str | os.PathLike[str], images: Iterable[str | os.PathLike[str]], *, top_k: int = 3,
+                     backend: str = "auto", batch_size: int = 32) -> Iterator[dict[str, Any]]:
+    """Top-k predictions one image at a time, as they are computed: ``images`` is consumed lazily (stdin paths, a
+    long folder listing) and run in batches of ``batch_size``; each item is ``{"image", "top": [...]}``.
+
+    Raises:
+        DataError: an image is missing or unreadable (the message names it).
+    """
+    with load_bundle(bundle, backend, batch_size=batch_size) as predictor:
+        chunk: list[Path] = []
+        for item in images:
+            chunk.append(Path(item))
+            if len(chunk) == batch_size:
+                yield from _top(predictor, chunk, top_k)
+                chunk = []
+        if chunk:
+            yield from _top(predictor, chunk, top_k)
+
+
+def _top(predictor: Predictor, paths: list[Path], top_k: int) -> Iterator[dict[str, Any]]:
+    for p, top in zip(paths, predictor.predict(paths, top_k=top_k), strict=True):
+        yield {"image": str(p), "top": [x.to_dict() for x in top]}
 
 
 def predict_files(bundle: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]], *, top_k: int = 3,

@@ -119,7 +119,7 @@ class OrtRuntime:
             raise MissingDependencyError(f"backend {backend!r} is unavailable: {reason}")
         model_path = Path(model_path)
         if not model_path.is_file():
-            raise ArtifactError(f"{model_path} not found: re-export the bundle with `edgeprompt export RUN --onnx`")
+            raise ArtifactError(f"{model_path} not found: re-export the bundle (`edgeprompt export RUN --out BUNDLE`)")
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
