@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +44,7 @@ def predict(
 
     if fmt not in PREDICT_FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(PREDICT_FORMATS)}, got {fmt!r}")
+    paths: Iterator[Path]
     if [str(i) for i in images] == ["-"]:
         paths = (p for line in sys.stdin if line.strip() for p in list_images([line.strip()]))
     else:
