@@ -33,7 +33,23 @@ _PIL_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
 }
 
-ImageLike = str | os.PathLike[str] | Image.Image
+ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+def frame_to_image(frame: np.ndarray, channels: str | None) -> Image.Image:
+    """A numpy video frame (H, W, 3) uint8 as an RGB PIL image; ``channels`` says its order (OpenCV's is ``bgr``).
+
+    Raises:
+        ConfigError: the order is not said, or the array is not an (H, W, 3) uint8 frame.
+    """
+    from edgeprompt.errors import ConfigError
+
+    if channels not in CHANNEL_ORDERS:
+        raise ConfigError(f"numpy frames need channels='rgb' or 'bgr' (OpenCV's frames are BGR), got {channels!r}")
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ConfigError(f"a numpy frame must be (H, W, 3) uint8, got {frame.shape} {frame.dtype}")
+    return Image.fromarray(np.ascontiguousarray(frame[..., ::-1] if channels == "bgr" else frame), "RGB")
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
@@ -137,7 +153,7 @@ def preprocess(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32) / np.float32(255.0)
 
 
-def preprocess_batch(images: Sequence[ImageLike], spec: PreprocessSpec) -> np.ndarray:
+def preprocess_batch(images: Sequence[ImageLike], spec: PreprocessSpec, channels: str | None = None) -> np.ndarray:
     """Preprocess several images (paths or PIL images) into one batch.
 
     Args:
@@ -153,7 +169,10 @@ def preprocess_batch(images: Sequence[ImageLike], spec: PreprocessSpec) -> np.nd
     size = spec.image_size
     out = np.empty((len(images), 3, size, size), dtype=np.float32)
     for i, item in enumerate(images):
-        img = item if isinstance(item, Image.Image) else load_image(item)
+        if isinstance(item, np.ndarray):
+            img = frame_to_image(item, channels)
+        else:
+            img = item if isinstance(item, Image.Image) else load_image(item)
         out[i] = preprocess(img, spec)
     return out
 

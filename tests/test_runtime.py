@@ -250,3 +250,26 @@ def test_predict_streams_jsonl_and_csv_and_reads_paths_from_stdin(tmp_path: Path
     assert code == 0 and rows[0] == "image,label1,p1" and [r.split(",")[0] for r in rows[1:]] == files[:3]
     code, _, err = run_cli(["predict", str(tmp_path / "b"), str(data), "--format", "yaml"], capsys)
     assert code == 2 and "--format" in err
+
+
+def test_numpy_frames_match_the_path_route(tmp_path: Path) -> None:
+    """An OpenCV-style BGR frame (or an RGB one, said so) gives the pixels and predictions of the same image file."""
+    import numpy as np
+    from PIL import Image
+
+    from edgeprompt.errors import ConfigError
+    from edgeprompt.preprocess import preprocess_batch
+
+    write_tiny_bundle(tmp_path / "b")
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "f.png")
+    with load_bundle(tmp_path / "b", backend="ort-cpu") as p:
+        spec = p.manifest.preprocess
+        want = preprocess_batch([tmp_path / "f.png"], spec)
+        assert np.array_equal(preprocess_batch([rgb], spec, "rgb"), want)
+        assert np.array_equal(preprocess_batch([rgb[..., ::-1]], spec, "bgr"), want)
+        assert p.predict([rgb[..., ::-1]], top_k=2, channels="bgr") == p.predict([tmp_path / "f.png"], top_k=2)
+        with pytest.raises(ConfigError, match="channels='rgb' or 'bgr'"):
+            p.predict([rgb])
+        with pytest.raises(ConfigError, match=r"\(H, W, 3\) uint8"):
+            p.predict([rgb.astype(np.float32)], channels="rgb")

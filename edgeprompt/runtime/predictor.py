@@ -79,16 +79,17 @@ class Predictor:
             out[OUTPUT_PROBS] = softmax(out[OUTPUT_LOGITS])
         return out
 
-    def iter_outputs(self, images: Sequence[ImageLike]) -> Iterator[dict[str, np.ndarray]]:
+    def iter_outputs(self, images: Sequence[ImageLike], channels: str | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Preprocess and run ``images`` one batch at a time (memory stays bounded by the batch size)."""
         for i in range(0, len(images), self.batch_size):
-            yield self.run(preprocess_batch(images[i:i + self.batch_size], self.manifest.preprocess))
+            yield self.run(preprocess_batch(images[i:i + self.batch_size], self.manifest.preprocess, channels))
 
-    def probabilities(self, images: Sequence[ImageLike]) -> np.ndarray:
+    def probabilities(self, images: Sequence[ImageLike], channels: str | None = None) -> np.ndarray:
         """Class probabilities for each image.
 
         Args:
-            images: File paths or PIL images.
+            images: File paths, PIL images, or numpy frames (H, W, 3) uint8.
+            channels: The numpy frames' channel order, 'rgb' or 'bgr' (OpenCV's); needed only for frames.
 
         Returns:
             float32 (N, num_classes).
@@ -98,14 +99,16 @@ class Predictor:
         """
         if not images:
             return np.zeros((0, self.manifest.num_classes), dtype=np.float32)
-        return np.concatenate([o[OUTPUT_PROBS] for o in self.iter_outputs(images)])
+        return np.concatenate([o[OUTPUT_PROBS] for o in self.iter_outputs(images, channels)])
 
-    def predict(self, images: Sequence[ImageLike], top_k: int = 5) -> list[list[Prediction]]:
+    def predict(self, images: Sequence[ImageLike], top_k: int = 5, channels: str | None = None
+                ) -> list[list[Prediction]]:
         """Top-k predictions for each image, most probable first.
 
         Args:
-            images: File paths or PIL images.
+            images: File paths, PIL images, or numpy frames (H, W, 3) uint8.
             top_k: How many classes to return per image (capped at the number of classes).
+            channels: The numpy frames' channel order, 'rgb' or 'bgr' (OpenCV's); needed only for frames.
 
         Returns:
             One list of :class:`Prediction` per image, in input order.
@@ -117,7 +120,7 @@ class Predictor:
             raise ConfigError(f"top-k must be >= 1, got {top_k}")
         k = min(top_k, self.manifest.num_classes)
         results: list[list[Prediction]] = []
-        for out in self.iter_outputs(images):
+        for out in self.iter_outputs(images, channels):
             probs = out[OUTPUT_PROBS]
             logits = out[OUTPUT_LOGITS] if OUTPUT_LOGITS in out else np.log(np.maximum(probs, 1e-30))
             for p, z in zip(probs, logits, strict=True):
