@@ -432,6 +432,8 @@ def write_dataset(
 
     _check(task, domain)
     counts = {"train": per_class, "val": val_per_class, "test": test_per_class}
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed must be a whole number in 0..{2**32 - 1}, got {seed!r}")
     if any(n < 0 for n in counts.values()) or per_class < 1 or not 8 <= image_size <= 1024:
         raise ConfigError("per-class must be >= 1, val/test counts >= 0 and image size within 8..1024")
     out = guard_output(out, "generated dataset", {}, overwrite=overwrite)
