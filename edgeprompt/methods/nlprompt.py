@@ -31,9 +31,7 @@ from edgeprompt.errors import ConfigError
 from edgeprompt.losses import ce, mae
 from edgeprompt.methods.base import METHODS, FeatureBatch
 from edgeprompt.methods.coop import CoOp, CoOpConfig
-from edgeprompt.methods.ot import epoch_split
-
-OT_VIEWS = ("centre", "augmented")
+from edgeprompt.methods.ot import check_ot_options, epoch_split
 
 
 @dataclass(frozen=True)
@@ -49,10 +47,7 @@ class NLPromptConfig(CoOpConfig):
     def validate(self) -> None:
         if self.loss != "ce":
             raise ConfigError("nlprompt trains the OT-clean samples with CE and the rest with MAE: drop --loss")
-        if self.ot_views not in OT_VIEWS:
-            raise ConfigError(f"ot_views must be one of {', '.join(OT_VIEWS)}, got {self.ot_views!r}")
-        if self.ot_eps <= 0 or self.ot_iters < 1 or self.ot_warmup < 0:
-            raise ConfigError("need ot_eps > 0, ot_iters >= 1 and ot_warmup >= 0")
+        check_ot_options(self.ot_views, self.ot_eps, self.ot_iters, self.ot_warmup)
         super().validate()
 
 

@@ -113,6 +113,19 @@ def ot_split(
     return clean, pseudo, info
 
 
+OT_VIEWS = ("centre", "augmented")
+
+
+def check_ot_options(views: str, eps: float, max_iter: int, warmup: int) -> None:
+    """The OT split's options, as NLPrompt and VisPrompt take them (one place for both)."""
+    from edgeprompt.errors import ConfigError
+
+    if views not in OT_VIEWS:
+        raise ConfigError(f"ot_views must be one of {', '.join(OT_VIEWS)}, got {views!r}")
+    if eps <= 0 or max_iter < 1 or warmup < 0:
+        raise ConfigError("need ot_eps > 0, ot_iters >= 1 and ot_warmup >= 0")
+
+
 def epoch_split(
     method: Any, ctx: dict[str, Any], views: str = "centre", eps: float = 0.01, max_iter: int = 1000
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:

@@ -22,11 +22,10 @@ from edgeprompt.backbone import FrozenCLIP, cosine_logits
 from edgeprompt.errors import ConfigError
 from edgeprompt.losses import ce, gce
 from edgeprompt.methods.base import METHODS, FeatureBatch, PromptMethod
-from edgeprompt.methods.ot import epoch_split
+from edgeprompt.methods.ot import check_ot_options, epoch_split
 from edgeprompt.methods.prompt_learner import PromptLearner
 
 KV_SOURCES = ("tokens", "pooled")
-OT_VIEWS = ("centre", "augmented")
 NOISY_TARGETS = ("given", "ot")
 RESIDUALS = ("blend", "add")
 
@@ -75,12 +74,9 @@ class VisPromptConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.gce_q <= 1.0:
             raise ConfigError(f"gce_q must be in (0, 1], got {self.gce_q}")
-        for name, value, allowed in (("ot_views", self.ot_views, OT_VIEWS), ("noisy_target", self.noisy_target,
-                                                                              NOISY_TARGETS)):
-            if value not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.ot_eps <= 0 or self.ot_iters < 1 or self.ot_warmup < 0:
-            raise ConfigError("need ot_eps > 0, ot_iters >= 1 and ot_warmup >= 0")
+        if self.noisy_target not in NOISY_TARGETS:
+            raise ConfigError(f"noisy_target must be one of {', '.join(NOISY_TARGETS)}, got {self.noisy_target!r}")
+        check_ot_options(self.ot_views, self.ot_eps, self.ot_iters, self.ot_warmup)
 
 
 class CrossModalBlock(nn.Module):
