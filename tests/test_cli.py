@@ -32,23 +32,23 @@ def test_tune_with_corrupt_jpeg_text_file_and_empty_class(tiny_model, image_fold
         assert name in res.stderr
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["skipped_files"] == 3 and summary["classes"] == 3 and Path(summary["run_dir"]) == out
-    # --strict makes the same problems fatal: one line, exit code 2, nothing written
+    # --strict makes the same problems fatal: one line, exit code 3 (bad data), nothing written
     res = runner.invoke(app, _tune_args(tiny_model, image_folder, tmp_path / "strict", cache_dir, "--strict"))
-    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.exit_code == 3 and "Traceback" not in res.output
     assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "strict").exists()
 
 
 def test_errors_are_one_line(tiny_model, image_folder, cache_dir, tmp_path) -> None:  # noqa: ANN001
-    cases = [
-        (_tune_args(tiny_model, image_folder, tmp_path / "a", cache_dir, "--method", "dpst"), "Did you mean 'dspt'"),
-        (_tune_args(tiny_model, image_folder, tmp_path / "b", cache_dir, "--noise", "sym:2"), "rate must be in"),
-        (_tune_args(tiny_model, tmp_path / "missing", tmp_path / "c", cache_dir), "is not a directory"),
-        (_tune_args("ViT-B-33", image_folder, tmp_path / "d", cache_dir), "Did you mean"),
+    cases = [  # (argv, needle, exit code: 2 a bad option, 3 bad data)
+        (_tune_args(tiny_model, image_folder, tmp_path / "a", cache_dir, "--method", "dpst"), "Did you mean 'dspt'", 2),
+        (_tune_args(tiny_model, image_folder, tmp_path / "b", cache_dir, "--noise", "sym:2"), "rate must be in", 2),
+        (_tune_args(tiny_model, tmp_path / "missing", tmp_path / "c", cache_dir), "is not a directory", 3),
+        (_tune_args("ViT-B-33", image_folder, tmp_path / "d", cache_dir), "Did you mean", 2),
     ]
-    for args, needle in cases:
+    for args, needle, exit_code in cases:
         res = runner.invoke(app, args)
-        assert res.exit_code == 2, res.output
+        assert res.exit_code == exit_code, res.output
         assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
@@ -57,7 +57,7 @@ def test_eval_rejects_a_test_set_with_other_classes(tiny_model, image_folder, ca
     assert runner.invoke(app, _tune_args(tiny_model, image_folder, out, cache_dir)).exit_code == 0
     (image_folder / "blue").rename(image_folder / "yellow")
     res = runner.invoke(app, ["eval", str(out), str(image_folder), "--cache-dir", str(cache_dir)])
-    assert res.exit_code == 2 and "yellow" in res.stderr
+    assert res.exit_code == 3 and "yellow" in res.stderr  # bad data
     (image_folder / "yellow").rename(image_folder / "blue")
     res = runner.invoke(app, ["eval", str(out), str(image_folder), "--cache-dir", str(cache_dir), "--json"])
     report = json.loads(res.stdout.strip().splitlines()[-1])

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from edgeprompt.cli.main import main
+from edgeprompt.cli.ui import EXIT_CODES
 from tests.conftest import make_folder
 
 
@@ -384,7 +385,7 @@ def test_error_catalogue(case: Case, as_json: bool, world: dict[str, Path], tiny
     argv = build(world, tiny_model, out) + (["--json"] if as_json else [])
     before = _snapshot(world["root"])
     code, stdout, stderr = run_cli(argv, capsys)
-    assert code == 2, (name, stdout, stderr)
+    assert code in (2, 3, 4, 5, 6, 7), (name, stdout, stderr)
     assert "Traceback" not in stderr + stdout
     lines = stderr.strip().splitlines()
     assert 1 <= len(lines) <= 3 and lines[-1].startswith("error: ") and needle in lines[-1], lines
@@ -392,6 +393,7 @@ def test_error_catalogue(case: Case, as_json: bool, world: dict[str, Path], tiny
         obj = json.loads(stdout.strip().splitlines()[-1])  # the stdout contract: one JSON object
         assert set(obj) == {"error", "kind"} and needle in obj["error"] and obj["kind"] in (
             "config", "data", "artifact", "export", "dependency", "usage", "filesystem")
+        assert code == EXIT_CODES[obj["kind"]]  # each kind its documented exit code
     else:
         assert stdout == ""
     assert not (tmp_path / "out").exists()  # nothing at the output location, not even its parent folder

@@ -110,18 +110,28 @@ def os_error_line(e: OSError) -> str:
     return f"{where}: {e.strerror or e}; {hint}"
 
 
+# Exit codes by kind of failure, so a script or a CI job can tell a typo from bad data from a refused gate.
+EXIT_CODES: dict[str, int] = {"usage": 2, "config": 2, "data": 3, "artifact": 4, "export": 5, "dependency": 6,
+                              "filesystem": 7, "interrupted": 130}
+EXIT_CODES_HELP = ("Exit codes: 0 ok; 2 a bad option or value; 3 bad data (unreadable images, class mismatch); "
+                   "4 a missing or damaged run, bundle or file; 5 export failed or a parity / INT8 gate refused the "
+                   "bundle; 6 a missing optional package; 7 the file system refused (full disk, permissions); "
+                   "130 interrupted.")
+
+
 def fail(message: str, kind: str, as_json: bool) -> None:
-    """One line on stderr (and with ``--json`` one JSON object on stdout), then exit code 2."""
+    """One line on stderr (and with ``--json`` one JSON object on stdout), then the kind's exit code."""
     message = " ".join(message.split())  # one line, whatever the exception text held
     typer.echo(f"error: {message}", err=True)
     if as_json:
         sys.stdout.write(json.dumps({"error": message, "kind": kind}) + "\n")
         sys.stdout.flush()
-    raise typer.Exit(2)
+    raise typer.Exit(EXIT_CODES.get(kind, 2))
 
 
 def command(fn: F) -> F:
-    """Turn EdgePromptError into one line on stderr and exit code 2; Ctrl-C into a resume hint."""
+    """Turn EdgePromptError into one line on stderr and its kind's exit code (EXIT_CODES); Ctrl-C into a resume
+    hint and 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
