@@ -104,16 +104,6 @@ def atomic_dir(final: str | os.PathLike[str], overwrite: bool = False) -> Iterat
         raise
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
 def lock_path(target: str | os.PathLike[str]) -> Path:
     """The lock file :func:`output_lock` holds for ``target``: ``.<name>.lock`` beside it."""
     target = Path(target)
@@ -124,14 +114,17 @@ def lock_path(target: str | os.PathLike[str]) -> Path:
 def output_lock(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Hold ``.<name>.lock`` beside ``target`` while one command writes it; a second writer is refused.
 
-    The lock file records the owner's pid and host. A lock whose process is gone (same host) is stale and taken
-    over; a lock from another host is respected, and the error says how to clear it.
+    The lock is an OS file lock (``filelock``: ``flock`` on Unix), so taking it is atomic and a holder that dies,
+    however it dies, releases it: no pid can be recycled into a stale lock, and no reader can catch a half-written
+    lock file. The holder writes its pid and host into the file for the message a second writer gets. The file is
+    removed when the holder is done (while still holding the lock).
 
     Raises:
         ConfigError: another live process holds the lock.
     """
-    import json
     import socket
+
+    from filelock import FileLock, Timeout
 
     from edgeprompt.errors import ConfigError
 
@@ -139,33 +132,24 @@ def output_lock(target: str | os.PathLike[str]) -> Iterator[Path]:
     made = [d for d in [target.parent, *target.parent.parents] if not d.exists()]  # parents this lock creates
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = lock_path(target)
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text() or "{}")
-            except (OSError, ValueError):
-                owner = {}
-            stale = owner.get("host") == me["host"] and not _pid_alive(int(owner.get("pid", -1)))
-            if stale or not owner:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(lock)
-                continue
-            raise ConfigError(f"{target} is being written by another edgeprompt process (pid {owner.get('pid')} on "
-                              f"{owner.get('host')}): wait for it, or delete {lock} if no such process runs") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
-    else:  # pragma: no cover - two racing stale-lock takeovers
-        raise ConfigError(f"could not take the lock {lock}: try again")
+    held = FileLock(str(lock), timeout=0)
     try:
+        held.acquire()
+    except Timeout:
+        try:
+            owner = json.loads(lock.read_text() or "{}")
+        except (OSError, ValueError):
+            owner = {}
+        raise ConfigError(f"{target} is being written by another edgeprompt process (pid {owner.get('pid', '?')} on "
+                          f"{owner.get('host', '?')}): wait for it to finish") from None
+    try:
+        lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         _clear_leftovers(target)
         yield lock
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock)
+            lock.unlink()  # before the release: the next writer finds no file, or its own fresh one
+        held.release()
         if not target.exists():  # a refused or failed write leaves no empty folders behind either
             for d in made:
                 with contextlib.suppress(OSError):

@@ -120,3 +120,50 @@ def test_a_cache_inside_the_data_is_refused_everywhere(tuned: dict[str, Path], t
     with pytest.raises(ConfigError, match="--cache-dir"):
         extract(ExtractConfig(data=str(tuned["data"]), model=tiny_model, pretrained="none", cache_dir=inside))
     assert not Path(inside).exists()
+
+
+_HOLD = """
+import sys, time
+from edgeprompt.fileio import output_lock
+try:
+    with output_lock(sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(float(sys.argv[2]))
+    print("released", flush=True)
+except Exception as e:
+    print("refused:", e, flush=True)
+"""
+
+
+def test_two_processes_racing_for_one_output_one_wins(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    target = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, "-c", _HOLD, str(target), "2"], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert sum("held" in o for o in outs) >= 1 and sum("refused" in o for o in outs) >= 1
+    holders = [o for o in outs if "held" in o]
+    assert all("released" in o for o in holders)
+    assert all("being written by another edgeprompt process (pid" in o for o in outs if "refused" in o)
+
+
+def test_the_lock_of_a_killed_process_is_free(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from edgeprompt.fileio import lock_path, output_lock
+
+    target = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-c", _HOLD, str(target), "60"], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "held"
+    with pytest.raises(ConfigError, match=f"pid {p.pid}"):
+        with output_lock(target):
+            pass
+    p.kill()  # SIGKILL: no finally, the lock file stays behind with a dead pid in it
+    p.wait()
+    assert lock_path(target).exists()
+    with output_lock(target):  # the OS released the lock with the process
+        pass
+    assert not lock_path(target).exists()
