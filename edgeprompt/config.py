@@ -470,6 +470,11 @@ SMALL_IMAGE_CROP = 0.5
 COOP_CROP = 0.08  # CoOp's random-resized-crop scale, for photos
 
 
+def default_lr(method: str, protocol: str) -> float:
+    """The learning rate a method tunes with when ``--lr`` is not given: METHOD_LR under the default protocol."""
+    return METHOD_LR.get(method, COOP_LR) if protocol == "default" else COOP_LR
+
+
 def resolve_tune(cfg: TuneConfig, image_side: int | None, option_names: Sequence[str]) -> TuneConfig:
     """Fill what ``cfg`` leaves to the protocol and the data: epochs, learning rate, protocol method options, crop
     scale.
@@ -492,8 +497,7 @@ def resolve_tune(cfg: TuneConfig, image_side: int | None, option_names: Sequence
     if train_cfg.epochs is None:
         train_cfg = dataclasses.replace(train_cfg, epochs=proto.epochs)
     if train_cfg.lr is None:
-        lr = METHOD_LR.get(cfg.method, COOP_LR) if cfg.protocol == "default" else COOP_LR
-        train_cfg = dataclasses.replace(train_cfg, lr=lr)
+        train_cfg = dataclasses.replace(train_cfg, lr=default_lr(cfg.method, cfg.protocol))
     crop = cfg.crop_scale
     if crop is None:
         crop = SMALL_IMAGE_CROP if image_side is not None and image_side < SMALL_IMAGE_SIDE else COOP_CROP

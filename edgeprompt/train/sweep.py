@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeprompt.config import PROTOCOLS, SweepConfig, TrainConfig, TuneConfig
+from edgeprompt.config import PROTOCOLS, SweepConfig, TrainConfig, TuneConfig, default_lr
 from edgeprompt.data.noise import parse_noise
 from edgeprompt.errors import ConfigError
 from edgeprompt.fileio import atomic_write_json, atomic_write_text, guard_output, lock_path, output_lock
@@ -122,9 +122,10 @@ def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
                 name = f"{label}__{kind}-{rate:g}__s{seed}" if method != "zeroshot" else f"{label}__s{seed}"
                 cell = {"name": name, "row": label, "method": method, "options": opts, "kind": kind, "rate": rate,
                         "noise": noise, "seed": seed}
-                defining = {**ident, **{k: cell[k] for k in ("method", "options", "noise", "seed")}}
+                defining = {**ident, **{k: cell[k] for k in ("method", "options", "noise", "seed")},
+                            "lr": default_lr(method, cfg.protocol)}  # a changed default never reuses old cells
                 if method == "zeroshot":  # trains nothing: epochs, views and crop do not change it
-                    defining = {k: v for k, v in defining.items() if k not in ("epochs", "views", "crop_scale")}
+                    defining = {k: v for k, v in defining.items() if k not in ("epochs", "views", "crop_scale", "lr")}
                 cell["key"] = hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:12]
                 cell["settings"] = defining
                 out.append(cell)
