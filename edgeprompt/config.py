@@ -461,6 +461,8 @@ PROTOCOLS: dict[str, Protocol] = {
     "paper": Protocol("paper", 200, (("ctx_init", ""),), "the papers' protocol: 16 random context tokens, CoOp's "
                       "200-epoch schedule"),
 }
+# The method the README and the demo recommend for noisy labels, on the evidence in docs/defaults.md.
+RECOMMENDED_NOISY_METHOD = "nlprompt"
 COOP_LR = 0.002  # CoOp's learning rate (SGD, batch 32); every method's under the paper protocol
 # The default protocol's learning rate per method, where it differs from CoOp's: measured on the offline world v3
 # (docs/defaults.md has the grid and why).

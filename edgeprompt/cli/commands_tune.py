@@ -236,7 +236,7 @@ def demo(
     shots: Annotated[int, typer.Option(help="Samples per class.")] = 16,
     epochs: Annotated[int | None, typer.Option(help="Epochs per method (default: the default protocol's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    export: Annotated[bool, typer.Option("--export/--no-export", help="Export the DSPT run and check the bundle.")] = True,
+    export: Annotated[bool, typer.Option("--export/--no-export", help="Export the run of the method recommended for noisy labels and check the bundle.")] = True,
     as_json: JSON = False,
 ) -> None:
     """The whole story offline on the shipped tiny CLIP: zero-shot, CoOp clean and noisy, DSPT, NLPrompt and
@@ -253,7 +253,7 @@ def demo(
                 pct(x["flipped_memorized"]), x["tune_s"]] for x in r["rows"]])
         ex = r.get("export")
         if ex and "skipped" not in ex:
-            print(f"exported DSPT -> {ex['bundle']}: {ex['backend']} test top-1 {pct(ex['bundle_test_top1'])} % "
+            print(f"exported {ex['method']} -> {ex['bundle']}: {ex['backend']} test top-1 {pct(ex['bundle_test_top1'])} % "
                   f"(torch {pct(ex['torch_test_top1'])} %)")
         elif ex:
             print(f"export skipped: {ex['skipped']}")
