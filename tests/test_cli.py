@@ -95,3 +95,14 @@ def test_checks_reports_the_machine_and_known_bad_combinations(capsys) -> None: 
     jetson = known_problems({"cuda-python": "13.0.1", "typer": "0.11.0"}, {"jetson_model": "NVIDIA Jetson AGX Orin"})
     assert [p["fix"] for p in jetson] == ["pip install 'cuda-python>=12,<13'", "pip install -U typer"]
     assert known_problems({"onnxruntime": "1.22.0", "typer": "0.20.0"}, {"gpus": []}) == []
+
+
+def test_progress_lines_without_a_terminal_and_quiet_verbose(tiny_model, image_folder, cache_dir, tmp_path) -> None:  # noqa: ANN001
+    res = runner.invoke(app, _tune_args(tiny_model, image_folder, tmp_path / "a", cache_dir))
+    assert res.exit_code == 0, res.output
+    lines = res.stderr.splitlines()
+    assert any(x.startswith("tuning dspt: ") for x in lines) and any(x.startswith("checking images: ") for x in lines)
+    quiet = runner.invoke(app, ["-q", *_tune_args(tiny_model, image_folder, tmp_path / "b", cache_dir)])
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    loud = runner.invoke(app, ["-v", *_tune_args(tiny_model, image_folder, tmp_path / "c", cache_dir)])
+    assert loud.exit_code == 0 and "info: " in loud.stderr

@@ -32,8 +32,13 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the library's info messages."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors: no warnings, no progress."),
 ) -> None:
     """The root options (the help text is the app's)."""
+    from edgeprompt.cli import ui
+
+    ui.VERBOSE, ui.QUIET = verbose, quiet and not verbose
 commands_tune.register(app)
 commands_data.register(app)
 commands_deploy.register(app)

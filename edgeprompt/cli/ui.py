@@ -45,9 +45,37 @@ class RichReporter:
         self.progress.console.print(text)
 
 
+class PlainReporter:
+    """Progress as plain, throttled lines on stderr, for logs (nohup, CI, Ray): a task's first and last tick and at
+    most one line every ``every`` seconds in between."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+
+    def task(self, description: str) -> Callable[..., None]:
+        import time
+
+        last = [float("-inf")]
+
+        def tick(done: int, total: int, **fields: Any) -> None:
+            now = time.monotonic()
+            if QUIET or (done not in (1, total) and now - last[0] < self.every):
+                return
+            last[0] = now
+            extra = "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+            print(f"{description}: {done}/{total} {extra}".rstrip(), file=sys.stderr, flush=True)
+
+        return tick
+
+    def message(self, text: str) -> None:
+        if not QUIET:
+            print(text, file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
-def reporter() -> Iterator[RichReporter]:
-    """Progress bars on stderr for the duration of a command (plain lines when stderr is not a terminal)."""
+def reporter() -> Iterator[RichReporter | PlainReporter]:
+    """Progress bars on stderr for the duration of a command; throttled plain lines when stderr is not a terminal
+    (nothing with ``--quiet``)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -58,6 +86,9 @@ def reporter() -> Iterator[RichReporter]:
     )
 
     console = _console()
+    if not console.is_terminal:
+        yield PlainReporter()
+        return
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), TextColumn("{task.fields[extra]}"), console=console, transient=False,
@@ -73,12 +104,17 @@ class _OneLineHandler(logging.Handler):
         print(f"{level}: {record.getMessage()}", file=sys.stderr)
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Warnings (and with --verbose, info) from the library as one line each on stderr."""
+VERBOSE = False  # set by the root options -v / -q (cli.main), read when a command starts
+QUIET = False
+
+
+def setup_logging(verbose: bool | None = None) -> None:
+    """Warnings (with ``-v`` also info, with ``-q`` only errors) from the library as one line each on stderr."""
+    verbose = VERBOSE if verbose is None else verbose
     root = logging.getLogger("edgeprompt")
     if not any(isinstance(h, _OneLineHandler) for h in root.handlers):
         root.addHandler(_OneLineHandler())
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.setLevel(logging.INFO if verbose else logging.ERROR if QUIET else logging.WARNING)
     root.propagate = False
     logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights" warning is ours to give
     logging.captureWarnings(True)  # library warnings (torch.load, exporters) go to the quiet root logger, not stderr

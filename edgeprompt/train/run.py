@@ -153,6 +153,7 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
     )
     manifest.write(work)
     replace_dir(work, out)
+    log.info("wrote the run directory %s (%s, %d epochs, lr %g)", out, cfg.method, len(history), cfg.train_cfg.lr)
     final = history[-1] if history else {}
     return {
         "run_dir": str(out), "method": cfg.method, "protocol": cfg.protocol, "model": cfg.model,
