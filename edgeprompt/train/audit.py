@@ -93,7 +93,10 @@ def probe_probs(feats: Features, given: np.ndarray, folds: np.ndarray, c: float,
     prompt is a far more constrained one), and the audit can only flag a label when its classifier is more often
     right than the labels are (docs/audit.md). scikit-learn's solver, not ours: it is the reference.
     """
-    from sklearn.linear_model import LogisticRegression
+    try:
+        from sklearn.linear_model import LogisticRegression
+    except ImportError as e:
+        raise MissingDependencyError('the audit\'s probe needs scikit-learn: pip install "edgeprompt[audit]"') from e
 
     views = torch.nn.functional.normalize(feats.views.float(), dim=-1).numpy()  # (N, V, E)
     centre = torch.nn.functional.normalize(feats.centre.float(), dim=-1).numpy()  # (N, E)
@@ -150,7 +153,7 @@ def confident_learning(given: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
         from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores
     except ImportError as e:
-        raise MissingDependencyError('the label audit needs cleanlab: pip install "edgeprompt[train]"') from e
+        raise MissingDependencyError('the label audit needs cleanlab: pip install "edgeprompt[audit]"') from e
     probs = np.clip(probs, 1e-12, None)
     probs = probs / probs.sum(1, keepdims=True)
     flagged = find_label_issues(given, probs, filter_by="prune_by_noise_rate")
