@@ -2,7 +2,8 @@
 
 For each data seed: zero-shot and clean-label CoOp (the reference), then every (method, learning rate, noise) cell,
 all at the default protocol (template init, 50 epochs), 16 shots. Gain kept = (top-1 - zero-shot) / (clean CoOp -
-zero-shot). The table is the mean over data and tuning seeds; docs/defaults.md quotes it.
+zero-shot), against clean class-specific CoOp for ``METHOD+csc`` rows (class-specific context). The table is the
+mean over data and tuning seeds; docs/defaults.md quotes it.
 
     python benchmarks/noisy_defaults.py [--methods dspt,nlprompt] [--lrs 0.002,0.005,0.01] \\
         [--noise sym:0.25,sym:0.5,sym:0.75,asym:0.25] [--data-seeds 0,1] [--seeds 1]
@@ -24,7 +25,10 @@ from edgeprompt.world import shapes
 
 
 def top1(data: Path, out: Path, cache: Path, method: str, noise: str, seed: int, lr: float | None) -> float:
+    """Clean test top-1 of one tune; ``METHOD+csc`` is the method with class-specific context."""
+    method, _, csc = method.partition("+")
     tune(TuneConfig(train=str(data / "train"), out=str(out), method=method, shots=16, noise=noise,
+                    method_options={"class_specific": True} if csc == "csc" else {},
                     cache_dir=str(cache), overwrite=True, train_cfg=TrainConfig(seed=seed, eval_every=0, lr=lr)))
     return 100 * evaluate(out, data / "test", cache_dir=str(cache))["top1"]
 
@@ -50,14 +54,16 @@ def main() -> int:
         zs = top1(data, out / "runs" / f"d{ds}-zs", cache, "zeroshot", "none", 1, None)
         for seed in range(1, args.seeds + 1):
             clean = top1(data, out / "runs" / f"d{ds}-coop-s{seed}", cache, "coop", "none", seed, None)
-            refs.append({"data_seed": ds, "seed": seed, "zeroshot": zs, "coop": clean})
+            clean_csc = (top1(data, out / "runs" / f"d{ds}-coopcsc-s{seed}", cache, "coop+csc", "none", seed, None)
+                         if "+csc" in args.methods else None)
+            refs.append({"data_seed": ds, "seed": seed, "zeroshot": zs, "coop": clean, "coop_csc": clean_csc})
             print(json.dumps(refs[-1]), flush=True)
             for method in args.methods.split(","):
                 for lr in (float(x) for x in args.lrs.split(",")):
                     for noise in args.noise.split(","):
                         t = top1(data, out / "runs" / f"d{ds}-{method}-{lr:g}-{noise.replace(':', '')}-s{seed}",
                                  cache, method, noise, seed, lr)
-                        g = gain_kept(t, zs, clean)
+                        g = gain_kept(t, zs, clean_csc if method.endswith("+csc") else clean)
                         acc.setdefault((method, lr, noise), []).append(t)
                         kept.setdefault((method, lr, noise), []).append(g if g is not None else float("nan"))
                         print(f"d{ds} s{seed} {method} lr {lr:g} {noise}: {t:.1f} (kept {g:.2f})", flush=True)

@@ -46,10 +46,12 @@ TEXTURES = {"pretrain": ("flat", "stripes", "checker", "noise", "gradient"),
 # near 69 % (docs/world.md).
 SIZES: dict[str, tuple[float, float]] = {"small": (0.27, 0.32), "medium": (0.32, 0.37), "large": (0.37, 0.42)}
 # Downstream label words that pretraining captions rarely (RARE_IN_PRETRAIN) or never contain: the text-side part
-# of the domain gap. Seven of the twenty shapes are renamed (docs/world.md).
+# of the domain gap. Fourteen of the twenty shapes are renamed, eleven of them to words pretraining never uses (world
+# v3: its features know every shape, so the unknown names are what keeps zero-shot a prior; docs/world.md).
 RENAMED: dict[str, str] = {"diamond": "rhombus", "cross": "plus sign", "ring": "donut", "star": "pentagram",
-                           "crescent": "half moon", "oval": "ellipse", "bolt": "zigzag",
-                           "purple": "violet", "cyan": "teal"}
+                           "crescent": "half moon", "oval": "ellipse", "bolt": "zigzag", "trapezoid": "trapezium",
+                           "arrow": "pointer", "chevron": "caret", "rectangle": "oblong", "hourglass": "sand timer",
+                           "frame": "border", "semicircle": "half disc", "purple": "violet", "cyan": "teal"}
 # Pretraining captions name these downstream words only now and then (probability per caption of that shape).
 RARE_IN_PRETRAIN: dict[str, float] = {"rhombus": 0.05, "donut": 0.05, "ellipse": 0.05}
 # The downstream look: every downstream image is drawn in neon (a dark backdrop, lit shapes with a glow). Pretraining
