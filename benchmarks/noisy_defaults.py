@@ -66,7 +66,8 @@ def main() -> int:
                         g = gain_kept(t, zs, clean_csc if method.endswith("+csc") else clean)
                         acc.setdefault((method, lr, noise), []).append(t)
                         kept.setdefault((method, lr, noise), []).append(g if g is not None else float("nan"))
-                        print(f"d{ds} s{seed} {method} lr {lr:g} {noise}: {t:.1f} (kept {g:.2f})", flush=True)
+                        kept_s = "n/a" if g is None else f"{g:.2f}"
+                        print(f"d{ds} s{seed} {method} lr {lr:g} {noise}: {t:.1f} (kept {kept_s})", flush=True)
     noises = args.noise.split(",")
     print(f"\ngain kept (mean over {len(refs)} data x tuning seeds; top-1 in brackets), "
           f"{time.perf_counter() - t0:.0f} s:\n\n| method | lr | " + " | ".join(noises) + " |\n|" + "---|" *

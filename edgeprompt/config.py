@@ -466,15 +466,18 @@ RECOMMENDED_NOISY_METHOD = "nlprompt"
 COOP_LR = 0.002  # CoOp's learning rate (SGD, batch 32); every method's under the paper protocol
 # The default protocol's learning rate per method, where it differs from CoOp's: measured on the offline world v3
 # (docs/defaults.md has the grid and why).
-METHOD_LR: dict[str, float] = {}
+# Keys are a method, or METHOD+csc for its class-specific context (C contexts, each seeing 1/C of the gradient).
+METHOD_LR: dict[str, float] = {"dspt": 0.01, "nlprompt+csc": 0.01}
 SMALL_IMAGE_SIDE = 160  # images whose shorter side is below this get SMALL_IMAGE_CROP (docs/defaults.md)
 SMALL_IMAGE_CROP = 0.5
 COOP_CROP = 0.08  # CoOp's random-resized-crop scale, for photos
 
 
-def default_lr(method: str, protocol: str) -> float:
+def default_lr(method: str, protocol: str, class_specific: bool = False) -> float:
     """The learning rate a method tunes with when ``--lr`` is not given: METHOD_LR under the default protocol."""
-    return METHOD_LR.get(method, COOP_LR) if protocol == "default" else COOP_LR
+    if protocol != "default":
+        return COOP_LR
+    return METHOD_LR.get(f"{method}+csc" if class_specific else method, METHOD_LR.get(method, COOP_LR))
 
 
 def resolve_tune(cfg: TuneConfig, image_side: int | None, option_names: Sequence[str]) -> TuneConfig:
@@ -499,7 +502,8 @@ def resolve_tune(cfg: TuneConfig, image_side: int | None, option_names: Sequence
     if train_cfg.epochs is None:
         train_cfg = dataclasses.replace(train_cfg, epochs=proto.epochs)
     if train_cfg.lr is None:
-        train_cfg = dataclasses.replace(train_cfg, lr=default_lr(cfg.method, cfg.protocol))
+        lr = default_lr(cfg.method, cfg.protocol, bool(opts.get("class_specific", False)))
+        train_cfg = dataclasses.replace(train_cfg, lr=lr)
     crop = cfg.crop_scale
     if crop is None:
         crop = SMALL_IMAGE_CROP if image_side is not None and image_side < SMALL_IMAGE_SIDE else COOP_CROP

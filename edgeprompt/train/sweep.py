@@ -123,7 +123,8 @@ def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
                 cell = {"name": name, "row": label, "method": method, "options": opts, "kind": kind, "rate": rate,
                         "noise": noise, "seed": seed}
                 defining = {**ident, **{k: cell[k] for k in ("method", "options", "noise", "seed")},
-                            "lr": default_lr(method, cfg.protocol)}  # a changed default never reuses old cells
+                            "lr": default_lr(method, cfg.protocol, bool(opts.get("class_specific", False)))}
+                # (the resolved learning rate is part of the key: a changed default never reuses old cells)
                 if method == "zeroshot":  # trains nothing: epochs, views and crop do not change it
                     defining = {k: v for k, v in defining.items() if k not in ("epochs", "views", "crop_scale", "lr")}
                 cell["key"] = hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:12]
