@@ -182,7 +182,7 @@ def learning_verdict(start: float, end: float, num_classes: int) -> str | None:
     if num_classes >= 3 and end < 2 * chance:
         return (f"the tuned prompt stayed at chance: {100 * end:.0f} % of its own tuning labels with {num_classes} "
                 f"classes (chance {100 * chance:.0f} %); the class names probably mean nothing to the model: try "
-                f"class-specific context, which can learn new names (--method coop --csc --lr 0.01)")
+                f"class-specific context, which can learn new names (--csc; with noisy labels --method nlprompt --csc)")
     if end - start < 0.02 and end < 0.95:
         return (f"the tuned prompt learned nothing over its start: {100 * start:.0f} % -> {100 * end:.0f} % of its "
                 f"own tuning labels; try a larger --lr or more --epochs (robust losses move the prompt slowly)")
