@@ -47,7 +47,10 @@ def write_manifest(path: Path, paths: list[Path], labels: list[int], names: tupl
 
 
 def tuned_top1(train: Path, test: Path, out: Path, method: str, cache: Path) -> float:
+    """Clean test top-1 after tuning on every row of ``train``; ``METHOD+csc`` uses class-specific context."""
+    method, _, csc = method.partition("+")
     tune(TuneConfig(train=str(train), out=str(out), method=method, shots=0, cache_dir=str(cache), overwrite=True,
+                    method_options={"class_specific": True} if csc == "csc" else {},
                     train_cfg=TrainConfig(seed=1, eval_every=0)))
     return 100 * evaluate(out, test, cache_dir=str(cache))["top1"]
 
@@ -106,7 +109,8 @@ def main() -> int:
     ap.add_argument("--per-class", type=int, default=32)
     ap.add_argument("--data-seeds", default="0,1,2")
     ap.add_argument("--noise", default="none,sym:0.25,sym:0.5,asym:0.25")
-    ap.add_argument("--method", default="dspt", help="the method retuned on noisy / fixed / clean labels")
+    ap.add_argument("--method", default="coop+csc", help="the method retuned on noisy / fixed / clean labels "
+                    "(METHOD+csc: class-specific context; the world's names are mostly unknown to the model)")
     ap.add_argument("--no-retune", action="store_true", help="skip the three retunes per setting")
     args = ap.parse_args()
     out = Path(args.out)

@@ -18,24 +18,34 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _top1(world: Path, method: str, noise: str, epochs: int | None = None, seed: int = 1) -> float:
-    run = world / "runs" / f"{method}-{noise}-{seed}"
+def _top1(world: Path, method: str, noise: str, epochs: int | None = None, seed: int = 1, csc: bool = False) -> float:
+    run = world / "runs" / f"{method}-{noise}-{seed}-{csc}"
     api.tune(TuneConfig(train=str(world / "data" / "train"), out=str(run), method=method, shots=16, noise=noise,
                         cache_dir=str(world / "cache"), overwrite=True,
+                        method_options={"class_specific": True} if csc else {},
                         train_cfg=TrainConfig(epochs=epochs, seed=seed, eval_every=0)))
     return api.evaluate(run, world / "data" / "test", cache_dir=str(world / "cache"))["top1"]
 
 
 def test_zero_shot_is_a_prior_not_a_solved_task(world: Path) -> None:
-    assert 0.45 <= _top1(world, "zeroshot", "none", 0) <= 0.65  # world v2's bar (docs/world.md)
+    assert 0.45 <= _top1(world, "zeroshot", "none", 0) <= 0.60  # world v3's bar (docs/world.md)
+
+
+def test_headline_noise_hurts_cross_entropy_and_nlprompt_keeps_the_gain(world: Path) -> None:
+    """The product's claim, small and in the default run: at 50 % symmetric noise cross-entropy CoOp falls below
+    zero-shot, NLPrompt (class-specific context: the world's names are mostly unknown) keeps most of clean tuning's
+    gain. Measured on data seed 0, tuning seed 1 (docs/world.md): zero-shot 53.2, CoOp-CE 27.5, class-specific
+    CoOp-CE 74-ish, NLPrompt --csc 90+; the thresholds sit well inside those, so a broken loss or split fails them."""
+    zs = _top1(world, "zeroshot", "none", 0)
+    assert _top1(world, "coop", "sym:0.5") < zs - 0.15  # CE memorises the flips
+    ce_csc = _top1(world, "coop", "sym:0.5", csc=True)
+    robust = _top1(world, "nlprompt", "sym:0.5", csc=True)
+    assert robust > zs + 0.25 and robust > ce_csc + 0.05
 
 
 @pytest.mark.slow
-def test_quality_bar_coop_gains_and_noise_hurts(world: Path) -> None:
+def test_quality_bar_tuning_gains_with_class_specific_context(world: Path) -> None:
     zs = _top1(world, "zeroshot", "none", 0)
-    # default flags; measured on seed 1 (docs/world.md): zero-shot 55.6, CoOp 62.7, DSPT 57.1, CoOp@50 25.0,
-    # DSPT@50 56.5. The thresholds sit a few points inside those, so a broken tuner or loss fails them.
-    assert _top1(world, "coop", "none") > zs + 0.04 and _top1(world, "dspt", "none") >= zs - 0.01
-    noisy = _top1(world, "coop", "sym:0.5")
-    assert noisy < zs - 0.15  # noise must hurt: CoOp's CE memorises the flips
-    assert _top1(world, "dspt", "sym:0.5") > noisy + 0.2  # DSPT's gradient suppression keeps the prior
+    # default flags; measured on seed 1 (docs/world.md): zero-shot 53.2, CoOp 55.1, class-specific CoOp 96.6.
+    assert _top1(world, "coop", "none", csc=True) > zs + 0.3  # names the model never saw are learned
+    assert _top1(world, "coop", "none") >= zs - 0.03  # a shared context keeps the prior (it cannot rename)
