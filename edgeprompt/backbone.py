@@ -13,9 +13,11 @@ module calls ``.train()``, and image encoding runs under ``torch.no_grad``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -103,7 +105,8 @@ def _build_open_clip(model: str, pretrained: str | None) -> nn.Module:
     except ImportError:
         TINY_PRETRAINED = {}
     if tag in TINY_PRETRAINED.get(model, {}):
-        m = open_clip.create_model(model, pretrained=None)
+        with _quiet_open_clip():  # its "initialized randomly" warning is false here: the weights load next
+            m = open_clip.create_model(model, pretrained=None)
         m.load_state_dict(load_tiny_state_dict(model, tag), strict=True)
         return m
     if _looks_like_path(tag):
@@ -289,6 +292,18 @@ class FrozenCLIP(nn.Module):
 @lru_cache(maxsize=4)
 def _cached(model: str, pretrained: str | None) -> FrozenCLIP:
     return FrozenCLIP(_build_open_clip(model, pretrained), model, pretrained)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """Drop open_clip's root-logger warnings while a model whose weights we load ourselves is built."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def create_backbone(model: str, pretrained: str | None, device: str | torch.device = "cpu") -> FrozenCLIP:
