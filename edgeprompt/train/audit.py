@@ -115,29 +115,49 @@ def probe_probs(feats: Features, given: np.ndarray, folds: np.ndarray, c: float,
     return probs
 
 
-def self_assessment(fold_probs: np.ndarray, joint: np.ndarray) -> dict[str, Any]:
+def probe_agreement(feats: Features, given: np.ndarray, folds: np.ndarray, c: float, seed: int) -> float:
+    """How often two probes fitted on disjoint halves of the other folds agree on each held-out fold (no labels
+    of the scored samples are used, and none are compared with)."""
+    from sklearn.linear_model import LogisticRegression
+
+    centre = torch.nn.functional.normalize(feats.centre.float(), dim=-1).numpy()
+    same, total = 0, 0
+    for k in range(int(folds.max()) + 1):
+        held, kept = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
+        halves = [kept[(np.arange(len(kept)) % 2) == h] for h in (0, 1)]
+        if any(len(np.unique(given[h])) < 2 for h in halves):
+            continue
+        preds = [LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(centre[h], given[h]).predict(
+            centre[held]) for h in halves]
+        same += int((preds[0] == preds[1]).sum())
+        total += len(held)
+    return same / total if total else 0.0
+
+
+def self_assessment(agreement: float, joint: np.ndarray) -> dict[str, Any]:
     """Whether the audit's classifier is strong enough to judge these labels.
 
     Confident learning can call a label wrong only when its classifier is right more often than the labels are.
-    The labels' accuracy is 1 minus the estimated noise rate rho. The classifier's is estimated from its own
-    out-of-sample confidence, corrected for the noise it was fitted on: a classifier fitted on labels flipped at
-    rate rho (uniformly, over K classes) predicts the *noisy* label, whose top probability m is about
-    (1 - rho) c + rho / (K - 1) (1 - c) for a classifier of accuracy c; so c = (m - r) / (1 - rho - r) with
-    r = rho / (K - 1). When the denominator vanishes (the labels look like pure noise) nothing can be read from the
-    labels and the audit is not reliable. It is *reliable* when c beats the labels' accuracy by ``MARGIN``.
+    The labels' accuracy is 1 minus the estimated noise rate. The classifier's is estimated without any label:
+    two probes fitted on disjoint halves of the data agree on a held-out sample with probability about
+    c^2 + (1 - c)^2 / (K - 1) when each is right with probability c (errors spread over the other classes), so c is
+    read off their agreement. It estimates a half-data probe, a lower bound for the audit's own. A model that does
+    not know the data gives probes that disagree; label noise, being the same for both halves, moves them less.
+    The audit is *reliable* when c beats the labels' accuracy by ``MARGIN`` (or, for labels that look clean, when
+    c is at least ``STRONG``: then there is nothing for it to beat).
     """
     k = joint.shape[0]
-    rho = float(1.0 - np.trace(joint))
-    r = rho / max(k - 1, 1)
-    m = float(fold_probs.max(1).mean())
-    den = 1.0 - rho - r
-    est = float(np.clip((m - r) / den, 0.0, 1.0)) if den > 0.05 else 0.0
-    label_acc = 1.0 - rho
+    q = 1.0 / max(k - 1, 1)
+    # (1 + q) c^2 - 2 q c + q - agreement = 0, the root above chance
+    disc = max(q * q - (1 + q) * (q - agreement), 0.0)
+    est = float(np.clip((q + disc**0.5) / (1 + q), 0.0, 1.0))
+    label_acc = float(np.trace(joint))
     return {"classifier_accuracy_est": round(est, 4), "label_accuracy_est": round(label_acc, 4),
-            "reliable": bool(est >= label_acc + MARGIN)}
+            "probe_agreement": round(agreement, 4), "reliable": bool(est >= min(label_acc + MARGIN, STRONG))}
 
 
 MARGIN = 0.05  # the classifier must beat the labels by this much for its flags and noise rate to be trusted
+STRONG = 0.95  # ... or be at least this accurate (labels that look clean leave nothing to beat)
 
 
 def zero_shot_probs(backbone: Any, data: LabeledSet, centre: torch.Tensor) -> np.ndarray:
@@ -239,6 +259,6 @@ def audit(cfg: AuditConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     prior = zero_shot_probs(backbone, data, centre)
     probs = (1 - cfg.prior_weight) * fold_probs + cfg.prior_weight * prior
     cl = confident_learning(given, probs)
-    cl["assessment"] = self_assessment(fold_probs, cl["joint"])
+    cl["assessment"] = self_assessment(probe_agreement(feats, given, folds, cfg.probe_c, cfg.seed), cl["joint"])
     with output_lock(out):
         return write_report(cfg, data, probs, cl, train_cfg, time.perf_counter() - t0, rep)
