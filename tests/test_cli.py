@@ -97,7 +97,11 @@ def test_checks_reports_the_machine_and_known_bad_combinations(capsys) -> None: 
     assert known_problems({"onnxruntime": "1.22.0", "typer": "0.20.0"}, {"gpus": []}) == []
 
 
-def test_progress_lines_without_a_terminal_and_quiet_verbose(tiny_model, image_folder, cache_dir, tmp_path) -> None:  # noqa: ANN001
+def test_progress_lines_without_a_terminal_and_quiet_verbose(tiny_model, image_folder, cache_dir, tmp_path,  # noqa: ANN001
+                                                            monkeypatch) -> None:  # noqa: ANN001
+    from edgeprompt.cli import ui
+
+    monkeypatch.setattr(ui, "PROGRESS_AFTER_S", 0.0)  # every step counts as long here
     res = runner.invoke(app, _tune_args(tiny_model, image_folder, tmp_path / "a", cache_dir))
     assert res.exit_code == 0, res.output
     lines = res.stderr.splitlines()

@@ -45,9 +45,12 @@ class RichReporter:
         self.progress.console.print(text)
 
 
+PROGRESS_AFTER_S = 2.0  # a step shorter than this prints no progress line at all
+
+
 class PlainReporter:
-    """Progress as plain, throttled lines on stderr, for logs (nohup, CI, Ray): a task's first and last tick and at
-    most one line every ``every`` seconds in between."""
+    """Progress as plain, throttled lines on stderr, for logs (nohup, CI, Ray): nothing for a step that ends within
+    ``PROGRESS_AFTER_S``; for a longer one a line then, at most one every ``every`` seconds, and its last tick."""
 
     def __init__(self, every: float = 10.0) -> None:
         self.every = every
@@ -55,11 +58,13 @@ class PlainReporter:
     def task(self, description: str) -> Callable[..., None]:
         import time
 
-        last = [float("-inf")]
+        start, last = time.monotonic(), [float("-inf")]
 
         def tick(done: int, total: int, **fields: Any) -> None:
             now = time.monotonic()
-            if QUIET or (done not in (1, total) and now - last[0] < self.every):
+            if QUIET or now - start < PROGRESS_AFTER_S:
+                return
+            if done != total and now - last[0] < self.every:
                 return
             last[0] = now
             extra = "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
