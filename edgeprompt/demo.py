@@ -56,7 +56,7 @@ def run_demo(out: str | Path = "edgeprompt-demo", *, noise: str = "sym:0.5", sho
     out = Path(out)
     t0 = time.perf_counter()
     data = out / "data"
-    if not (data / "test").is_dir():
+    if not _current_world(data, seed):  # absent, or written by another version of the world (other class names)
         write_dataset(data, task="shape", per_class=max(shots, 16), seed=seed, overwrite=True,
                       progress=rep.task("rendering the shapes world"))
     cache = str(out / "cache")
@@ -90,6 +90,19 @@ def run_demo(out: str | Path = "edgeprompt-demo", *, noise: str = "sym:0.5", sho
         result["export"]["method"] = best["label"]
     result["time_s"] = round(time.perf_counter() - t0, 1)
     return result
+
+
+def _current_world(data: Path, seed: int) -> bool:
+    """Whether ``data`` holds this version's shapes world for ``seed`` (its ``world.json`` says so)."""
+    import json
+
+    from edgeprompt.world.shapes import classnames
+
+    try:
+        record = json.loads((data / "world.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (data / "test").is_dir() and record.get("classes") == classnames("shape") and record.get("seed") == seed
 
 
 def _export_and_check(run_dir: Path, bundle: Path, test: Path, torch_top1: float, rep: Reporter) -> dict[str, Any]:
