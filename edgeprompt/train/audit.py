@@ -83,6 +83,20 @@ def out_of_sample_probs(cfg: AuditConfig, data: LabeledSet, feats: Features, bac
     return probs
 
 
+def _unit_centre(feats: Features) -> np.ndarray:
+    """(N, E) centre-view features at unit norm, as CLIP compares them (what every probe is fitted on)."""
+    return torch.nn.functional.normalize(feats.centre.float(), dim=-1).numpy()
+
+
+def _probe(c: float, seed: int) -> Any:
+    """An unfitted multinomial logistic regression (scikit-learn's solver, not ours: it is the reference)."""
+    try:
+        from sklearn.linear_model import LogisticRegression
+    except ImportError as e:
+        raise MissingDependencyError('the audit\'s probe needs scikit-learn: pip install "edgeprompt[audit]"') from e
+    return LogisticRegression(C=c, max_iter=3000, random_state=seed)
+
+
 def probe_probs(feats: Features, given: np.ndarray, folds: np.ndarray, c: float, seed: int,
                 rep: Reporter | None = None) -> np.ndarray:
     """(N, C) out-of-sample probabilities of a logistic-regression probe on the frozen features (CLIPCleaner's view).
@@ -93,20 +107,15 @@ def probe_probs(feats: Features, given: np.ndarray, folds: np.ndarray, c: float,
     one), and the audit can only flag a label when its classifier is more often right than the labels are
     (docs/audit.md). Centre views, not the augmented ones: fitted on the cropped views the probe was less precise
     on world v3 (0.88 against 0.94 at 25 % noise, data seed 0), the views being another distribution than the
-    centre views it scores. scikit-learn's solver, not ours: it is the reference.
+    centre views it scores.
     """
-    try:
-        from sklearn.linear_model import LogisticRegression
-    except ImportError as e:
-        raise MissingDependencyError('the audit\'s probe needs scikit-learn: pip install "edgeprompt[audit]"') from e
-
-    centre = torch.nn.functional.normalize(feats.centre.float(), dim=-1).numpy()  # (N, E)
+    centre = _unit_centre(feats)
     k_classes = int(given.max()) + 1 if len(given) else 0
     probs = np.zeros((len(centre), k_classes), dtype=np.float64)
     tick = rep.task(f"fitting the probe on {folds.max() + 1} folds") if rep else None
     for k in range(int(folds.max()) + 1):
         held, kept = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
-        clf = LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(centre[kept], given[kept])
+        clf = _probe(c, seed).fit(centre[kept], given[kept])
         p = np.zeros((len(held), k_classes))
         p[:, clf.classes_] = clf.predict_proba(centre[held])
         probs[held] = p
@@ -118,17 +127,14 @@ def probe_probs(feats: Features, given: np.ndarray, folds: np.ndarray, c: float,
 def probe_agreement(feats: Features, given: np.ndarray, folds: np.ndarray, c: float, seed: int) -> float:
     """How often two probes fitted on disjoint halves of the other folds agree on each held-out fold (no labels
     of the scored samples are used, and none are compared with)."""
-    from sklearn.linear_model import LogisticRegression
-
-    centre = torch.nn.functional.normalize(feats.centre.float(), dim=-1).numpy()
+    centre = _unit_centre(feats)
     same, total = 0, 0
     for k in range(int(folds.max()) + 1):
         held, kept = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
         halves = [kept[(np.arange(len(kept)) % 2) == h] for h in (0, 1)]
         if any(len(np.unique(given[h])) < 2 for h in halves):
             continue
-        preds = [LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(centre[h], given[h]).predict(
-            centre[held]) for h in halves]
+        preds = [_probe(c, seed).fit(centre[h], given[h]).predict(centre[held]) for h in halves]
         same += int((preds[0] == preds[1]).sum())
         total += len(held)
     return same / total if total else 0.0
