@@ -21,6 +21,7 @@ _EXTRA = {
     "matplotlib": "plot",
     "ray": "ray",
     "tritonclient": "triton",
+    "cv2": "video",
 }
 
 

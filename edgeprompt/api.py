@@ -69,6 +69,17 @@ def iter_predict(bundle: str | Path, images: Iterable[str | Path], *, top_k: int
     return iter_predictions(bundle, images, top_k=top_k, backend=backend, batch_size=batch_size)
 
 
+def iter_predict_source(bundle: str | Path, source: str, *, top_k: int = 3, backend: str = "auto",
+                        batch_size: int = 1, every: int = 1, max_frames: int | None = None,
+                        stats: Any = None) -> Iterator[dict[str, Any]]:
+    """Predictions per frame of a video file, camera, stream or GStreamer pipeline
+    (:func:`edgeprompt.runtime.stream.iter_stream_predictions`); no torch."""
+    from edgeprompt.runtime.stream import iter_stream_predictions
+
+    return iter_stream_predictions(bundle, source, top_k=top_k, backend=backend, batch_size=batch_size,
+                                   every=every, max_frames=max_frames, stats=stats)
+
+
 def sweep(cfg: SweepConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run (or resume) a noise sweep, here or on Ray (:func:`edgeprompt.train.sweep.run_sweep`)."""
     from edgeprompt.train.sweep import run_sweep

@@ -26,43 +26,60 @@ JSON = Annotated[bool, typer.Option("--json", help="Print one JSON object as the
 
 def predict(
     bundle: Annotated[Path, typer.Argument(help="Export bundle (manifest.json + model.onnx [+ model.engine]).")],
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively); - reads paths from stdin, one per line.")],
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Predictions per image.")] = 3,
+    images: Annotated[list[Path] | None, typer.Argument(help="Image files or folders (searched recursively); - reads paths from stdin, one per line.")] = None,
+    source: Annotated[str | None, typer.Option("--source", "-s", help="Video instead of images: a file, a camera index (0), an rtsp:// or http:// URL, or a GStreamer pipeline ending in appsink. Needs edgeprompt[video].")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Predictions per image or frame.")] = 3,
     backend: Annotated[str, typer.Option(help="auto | ort-cpu | ort-cuda | ort-trt | trt.")] = "auto",
-    fmt: Annotated[str, typer.Option("--format", help="table (at the end) | jsonl | csv (one line per image, as it is classified).")] = "table",
+    fmt: Annotated[str | None, typer.Option("--format", help="table (at the end) | jsonl | csv (one line per image or frame, as it is classified). Default: table for images, jsonl for --source.")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", "-b", help="Images or frames run together (default 32 for images, 1 for --source: the lowest latency).")] = None,
+    every: Annotated[int, typer.Option("--every", help="With --source: classify every N-th frame.")] = 1,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", help="With --source: stop after this many classified frames.")] = None,
     as_json: JSON = False,
 ) -> None:
-    """Classify images with a compiled bundle (onnxruntime or TensorRT; torch is never imported).
+    """Classify images or video frames with a compiled bundle (onnxruntime or TensorRT; torch is never imported).
 
-    Example: find photos -name '*.jpg' | edgeprompt predict bundle - --format jsonl
+    Examples:
+
+      edgeprompt predict bundle photos/ --format csv
+
+      find photos -name '*.jpg' | edgeprompt predict bundle - --format jsonl
+
+      edgeprompt predict bundle --source clip.mp4 --batch 8      # one JSON line per frame; frames/s at the end
+
+      edgeprompt predict bundle --source 0 --every 5             # a camera; Ctrl-C stops and prints the summary
     """
     import sys
 
-    from edgeprompt import api
-    from edgeprompt.data.folder import list_images
     from edgeprompt.errors import ConfigError
 
+    fmt = fmt or ("jsonl" if source else "table")
     if fmt not in PREDICT_FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(PREDICT_FORMATS)}, got {fmt!r}")
+    if batch is not None and batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {batch}")
+    if source is not None:
+        if images:
+            raise ConfigError("give image paths or --source, not both")
+        if fmt == "table" or as_json:
+            raise ConfigError("--source writes one line per frame: use --format jsonl or csv")
+        _predict_source(bundle, source, top_k=top_k, backend=backend, fmt=fmt, batch=batch or 1, every=every,
+                        max_frames=max_frames)
+        return
+    if every != 1 or max_frames is not None:
+        raise ConfigError("--every and --max-frames go with --source")
+    if not images:
+        raise ConfigError("give image files or folders, - for paths on stdin, or --source for video")
+    from edgeprompt import api
+    from edgeprompt.data.folder import list_images
+
     paths: Iterator[Path]
     if [str(i) for i in images] == ["-"]:
         paths = (p for line in sys.stdin if line.strip() for p in list_images([line.strip()]))
     else:
         paths = iter(list_images(images))
     if fmt != "table" and not as_json:
-        import csv
-        import json
-
-        writer = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
-        if writer:
-            writer.writerow(["image", *(f"{k}{i + 1}" for i in range(top_k) for k in ("label", "p"))])
-        for item in api.iter_predict(bundle, paths, top_k=top_k, backend=backend):
-            if writer:
-                writer.writerow([item["image"], *(v for t in item["top"] for v in (t["label"],
-                                                                                  f"{t['probability']:.6f}"))])
-            else:
-                sys.stdout.write(json.dumps(item) + "\n")
-            sys.stdout.flush()
+        rows = api.iter_predict(bundle, paths, top_k=top_k, backend=backend, batch_size=batch or 32)
+        _write_lines(rows, fmt, "image", top_k)
         return
     result = api.predict(bundle, list(paths), top_k=top_k, backend=backend)
 
@@ -72,6 +89,42 @@ def predict(
         table(f"{len(rows)} images, backend {r['backend']} ({r['provider']})", ["name", f"top-{top_k}"], rows)
 
     emit(result, as_json, render)
+
+
+def _write_lines(rows: Iterator[dict[str, Any]], fmt: str, key: str | tuple[str, ...], top_k: int) -> None:
+    """One stdout line per result as it arrives: JSON objects, or CSV rows of ``key`` columns then label/p pairs."""
+    import csv
+    import json
+    import sys
+
+    keys = (key,) if isinstance(key, str) else key
+    writer = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
+    if writer:
+        writer.writerow([*keys, *(f"{k}{i + 1}" for i in range(top_k) for k in ("label", "p"))])
+    for item in rows:
+        if writer:
+            writer.writerow([*(item[k] for k in keys),
+                             *(v for t in item["top"] for v in (t["label"], f"{t['probability']:.6f}"))])
+        else:
+            sys.stdout.write(json.dumps(item) + "\n")
+        sys.stdout.flush()
+
+
+def _predict_source(bundle: Path, source: str, *, top_k: int, backend: str, fmt: str, batch: int, every: int,
+                    max_frames: int | None) -> None:
+    """``predict --source``: a line per frame on stdout, frames/s and latency on stderr at the end (also after
+    Ctrl-C, which is how a camera run ends)."""
+    from edgeprompt import api
+    from edgeprompt.runtime.stream import StreamStats
+
+    stats = StreamStats()
+    rows = api.iter_predict_source(bundle, source, top_k=top_k, backend=backend, batch_size=batch, every=every,
+                                   max_frames=max_frames, stats=stats)
+    try:
+        _write_lines(rows, fmt, ("frame", "t"), top_k)
+    except KeyboardInterrupt:
+        pass
+    typer.echo(stats.line(), err=True)
 
 
 PREDICT_FORMATS = ("table", "jsonl", "csv")
