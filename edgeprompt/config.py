@@ -403,6 +403,8 @@ class ExportConfig:
     trt: bool = False  # build model.engine here (needs TensorRT and a GPU)
     profile: TrtProfile = field(default_factory=TrtProfile)
     triton: TritonConfig | None = None  # also write a Triton model repository (docs/scale-out.md)
+    deepstream: str | None = None  # also write DeepStream nvinfer files to this folder (docs/deepstream.md)
+    deepstream_scaling: str = "squash"  # squash | pad: how nvinfer fits a frame to the square input
     int8: bool = False  # model.onnx is a calibrated Q/DQ graph (model.fp32.onnx kept beside it); see quant
     quant: Int8Config = field(default_factory=Int8Config)  # calibration, quantizer and gate of --int8
     overwrite: bool = False  # replace an existing bundle, or an existing model of the same name in the Triton repo
@@ -414,6 +416,8 @@ class ExportConfig:
         if self.triton is not None:
             self.triton.validate()
         self.quant.validate()
+        if self.deepstream_scaling not in ("squash", "pad"):
+            raise ConfigError(f"--deepstream-scaling must be squash or pad, got {self.deepstream_scaling!r}")
         if self.int8 and self.fp16:
             raise ConfigError("choose --int8 or --fp16, not both: an INT8 bundle already builds its float layers in "
                               "FP16 on TensorRT 10 (--int8 --fp16 in trtexec.sh)")

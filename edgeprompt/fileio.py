@@ -200,6 +200,7 @@ _OUTPUT_MARKERS: dict[str, tuple[str, str | None]] = {
     "generated dataset": ("world.json", None),
     "benchmark report": ("bench.json", None),
     "Triton model": ("config.pbtxt", None),
+    "DeepStream folder": ("config_infer_primary.txt", None),
 }
 
 

@@ -128,6 +128,7 @@ def _predict_source(bundle: Path, source: str, *, top_k: int, backend: str, fmt:
 
 
 PREDICT_FORMATS = ("table", "jsonl", "csv")
+CONFIG_FILE_DS = "config_infer_primary.txt"  # edgeprompt.export.deepstream.CONFIG_FILE, without importing export
 _EXPORT = defaults(ExportConfig)
 _PROFILE = TrtProfile()
 _TRITON = defaults(TritonConfig)
@@ -150,6 +151,8 @@ def export(
     triton: Annotated[Path | None, typer.Option("--triton", help="Also write a Triton Inference Server model repository here: REPO/NAME/config.pbtxt, labels.txt, 1/model.onnx (or 1/model.plan from model.engine).", rich_help_panel="Triton", metavar="REPO")] = None,
     triton_name: Annotated[str | None, typer.Option(help="Model name in the repository (default: the bundle folder's name).", rich_help_panel="Triton")] = None,
     triton_platform: Annotated[str, typer.Option(help="auto (tensorrt_plan when the bundle has model.engine) | onnx (onnxruntime_onnx) | trt (tensorrt_plan).", rich_help_panel="Triton")] = _TRITON["platform"],
+    deepstream: Annotated[Path | None, typer.Option("--deepstream", help="Also write DeepStream nvinfer files here: config_infer_primary.txt, labels.txt, the graph (and engine), README.md with a pipeline. Batch: --opt-batch.", rich_help_panel="DeepStream", metavar="DIR")] = None,
+    deepstream_scaling: Annotated[str, typer.Option(help="How nvinfer fits a frame to the square input: squash | pad (nvinfer cannot centre-crop; docs/deepstream.md).", rich_help_panel="DeepStream")] = _EXPORT["deepstream_scaling"],
     int8: Annotated[bool, typer.Option("--int8", help="model.onnx becomes a calibrated INT8 Q/DQ graph (model.fp32.onnx kept beside it), gated on held-out accuracy against FP32.", rich_help_panel="INT8")] = _EXPORT["int8"],
     calib: Annotated[Path | None, typer.Option(help="Calibration image folder (default: the run's tuning images, centre views).", rich_help_panel="INT8")] = _INT8["calib"],
     calib_n: Annotated[int, typer.Option(help="Calibrate on at most this many images.", rich_help_panel="INT8")] = _INT8["calib_n"],
@@ -168,6 +171,7 @@ def export(
     On the target device (Jetson or server GPU), `edgeprompt export BUNDLE --trt` builds the TensorRT engine from
     the bundle's ONNX without torch; the bundle's trtexec.sh has the equivalent trtexec command.
     `edgeprompt export BUNDLE --triton REPO` writes the bundle as a model of a Triton model repository (no torch).
+    `edgeprompt export BUNDLE --deepstream DIR` writes the files DeepStream's nvinfer needs (no torch).
     """
     from edgeprompt import api
     from edgeprompt.config import split_list
@@ -184,6 +188,7 @@ def export(
                        n_check=int8_check_n, min_agreement=int8_min_agreement, min_accuracy=int8_min_accuracy)
     cfg = ExportConfig(source=str(source), out=str(out) if out else None, fp16=fp16, opset=opset, n_check=n_check,
                        trt=trt, overwrite=overwrite, triton=triton_cfg, int8=int8, quant=quant,
+                       deepstream=str(deepstream) if deepstream else None, deepstream_scaling=deepstream_scaling,
                        profile=TrtProfile(min_batch, opt_batch, max_batch, workspace_mib))
     with reporter() as rep:
         result = api.export(cfg, rep)
@@ -200,6 +205,9 @@ def export(
         tr = r.get("triton", r if "max_batch_size" in r else None)
         if tr:
             print(f"Triton model {tr['model']} in {tr['repo']}: tritonserver --model-repository={tr['repo']}")
+        if r.get("deepstream"):
+            ds = r["deepstream"]["deepstream"]
+            print(f"DeepStream: nvinfer config-file-path={ds}/{CONFIG_FILE_DS} ({ds}/README.md has a pipeline)")
 
     emit(result, as_json, render)
 

@@ -108,10 +108,16 @@ def export(cfg: ExportConfig, reporter: Any = None) -> dict[str, Any]:
 
     cfg.validate()
     kind = Manifest.read(cfg.source).kind
+    if cfg.deepstream is not None:  # before a minutes-long export or engine build, like the Triton checks below
+        from edgeprompt.fileio import guard_output
+
+        guard_output(cfg.deepstream, "DeepStream folder", {"the source": cfg.source, "the bundle": cfg.out},
+                     overwrite=cfg.overwrite, flag="--deepstream")
     if kind == "bundle":
-        if not cfg.trt and cfg.triton is None:
+        if not cfg.trt and cfg.triton is None and cfg.deepstream is None:
             raise ConfigError(f"{cfg.source} is already an exported bundle: pass --trt to build its TensorRT engine "
-                              f"on this device, or --triton REPO to write a Triton model repository")
+                              f"on this device, --triton REPO to write a Triton model repository, or "
+                              f"--deepstream DIR to write DeepStream nvinfer files")
         if cfg.out is not None:
             raise ConfigError("--out is for exporting a run; the engine of a bundle is built inside the bundle")
         bundle = Path(cfg.source)
@@ -135,6 +141,11 @@ def export(cfg: ExportConfig, reporter: Any = None) -> dict[str, Any]:
             model_dir(cfg.triton, bundle, cfg.overwrite,
                       {"the run directory": cfg.source, "the bundle": bundle, **run_data(cfg.source)})
         result = export_run(cfg, reporter)
+    if cfg.deepstream is not None:
+        from edgeprompt.export.deepstream import write_deepstream
+
+        result = {**result, "deepstream": write_deepstream(bundle, cfg.deepstream, batch_size=cfg.profile.opt_batch,
+                                                           scaling=cfg.deepstream_scaling, overwrite=cfg.overwrite)}
     if cfg.triton is None:
         return result
     triton = write_repository(bundle, cfg.triton, overwrite=cfg.overwrite)
