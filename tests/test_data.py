@@ -151,3 +151,53 @@ def test_bad_noise_specs(bad: str) -> None:
 def test_noise_percent_and_none() -> None:
     assert parse_noise("sym:50%").rate == 0.5
     assert str(parse_noise("none")) == "none"
+
+
+def test_sample_checked_decodes_only_the_picks_and_redraws_unreadable_ones(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A folder indexed without decoding; the few-shot sampler checks only what it picks, replaces a broken pick
+    from the same class, and gives exactly sample_few_shot's answer when nothing is broken."""
+    from edgeprompt.data import folder as folder_mod
+    from edgeprompt.data.fewshot import sample_checked, sample_few_shot
+    from edgeprompt.data.folder import load_labeled
+    from tests.conftest import make_folder
+
+    root = make_folder(tmp_path / "d", per_class=10, size=16)
+    decoded: list[str] = []
+    real = folder_mod.check_image
+    monkeypatch.setattr(folder_mod, "check_image", lambda p: decoded.append(str(p)) or real(p))
+    data = load_labeled(root, check_images=False)
+    assert decoded == []  # indexing decodes nothing
+    want = sample_few_shot(data, 2, seed=3)
+    got = sample_checked(data, 2, seed=3)
+    assert got.paths == want.paths and got.labels == want.labels and len(decoded) == len(want.paths)
+    broken = want.paths[0]
+    broken.write_bytes(b"not a png")
+    fixed = sample_checked(data, 2, seed=3)
+    assert broken not in fixed.paths and fixed.counts() == want.counts()  # redrawn from the same class
+    assert (str(broken), next(r for p, r in fixed.skipped if p == str(broken))) in fixed.skipped
+    with pytest.raises(DataError, match="drop --strict"):
+        sample_checked(data, 2, seed=3, strict=True)
+
+
+def test_image_checks_are_remembered_until_the_file_changes(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import os
+
+    from edgeprompt.data import folder as folder_mod
+    from edgeprompt.data.folder import ImageChecks
+    from tests.conftest import make_folder
+
+    root = make_folder(tmp_path / "d", per_class=3, size=16)
+    paths = sorted(root.rglob("*.png"))
+    decoded: list[str] = []
+    real = folder_mod.check_image
+    monkeypatch.setattr(folder_mod, "check_image", lambda p: decoded.append(str(p)) or real(p))
+    checks = ImageChecks(tmp_path / "cache" / "files.sqlite")
+    assert checks.reasons(paths) == [None] * len(paths) and len(decoded) == len(paths)
+    decoded.clear()
+    assert ImageChecks(tmp_path / "cache" / "files.sqlite").reasons(paths) == [None] * len(paths)
+    assert decoded == []  # another process (a new instance) reads the verdicts
+    paths[0].write_bytes(b"broken now")
+    os.utime(paths[0], ns=(1, 1))  # a changed size and time
+    reasons = checks.reasons(paths)
+    assert decoded == [str(paths[0].resolve())] and reasons[0] and "not a readable image" in reasons[0]
+    assert ImageChecks(tmp_path / "new" / "f" / "files.sqlite").reasons(paths[1:2]) == [None]  # made on first use

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
+from pathlib import Path
 
-from edgeprompt.data.folder import LabeledSet
+from edgeprompt.data.folder import ImageChecks, LabeledSet, finish_set, handle_problem
 
 log = logging.getLogger(__name__)
 
@@ -30,3 +32,25 @@ def sample_few_shot(data: LabeledSet, shots: int | None, seed: int) -> LabeledSe
         else:
             keep.extend(sorted(rng.sample(idx, shots)))
     return data.subset(keep)
+
+
+def sample_checked(data: LabeledSet, shots: int | None, seed: int, *, strict: bool = False,
+                   checks: ImageChecks | None = None, progress: Callable[[int, int], None] | None = None) -> LabeledSet:
+    """:func:`sample_few_shot` on a set indexed without checking its images (``check_images=False``), checking
+    only the images it picks: an unreadable pick is reported (fatal with ``strict``) and redrawn from the rest of
+    its class. With every image readable the result is exactly ``sample_few_shot(data, shots, seed)``, so a folder's
+    size costs a listing, not a decode per file. A class left with no readable image is dropped, with a warning.
+    """
+    bad: set[Path] = set()
+    problems = list(data.skipped)
+    while True:
+        pool = data if not bad else data.subset([i for i, p in enumerate(data.paths) if p not in bad])
+        few = sample_few_shot(pool, shots, seed)
+        reasons = (checks or ImageChecks()).reasons(list(few.paths), progress)
+        found = [(p, r) for p, r in zip(few.paths, reasons, strict=True) if r]
+        if not found:
+            break
+        for p, reason in found:
+            handle_problem(problems, p, reason, strict)
+            bad.add(p)
+    return finish_set(list(few.paths), list(few.labels), few.classnames, data.root, problems, str(data.root))

@@ -83,6 +83,27 @@ def check_image(path: Path) -> str | None:
     return None
 
 
+class ImageChecks:
+    """:func:`check_image` verdicts, remembered per file (size, mtime) in ``db`` when given, so a warm command never
+    decodes an image it checked before (:class:`~edgeprompt.data.filetable.FileTable`)."""
+
+    def __init__(self, db: str | os.PathLike[str] | None = None) -> None:
+        from edgeprompt.data.filetable import FileTable
+
+        self._table = FileTable(Path(db), "checks", "reason") if db is not None else None
+
+    def reasons(self, paths: Sequence[Path], progress: Callable[[int, int], None] | None = None) -> list[str | None]:
+        """None for each path that decodes, else why not (same order)."""
+        if self._table is None:
+            out = []
+            for i, p in enumerate(paths):
+                out.append(check_image(p))
+                if progress:
+                    progress(i + 1, len(paths))
+            return out
+        return [r or None for r in self._table.values(paths, lambda k: check_image(Path(k)) or "", progress)]
+
+
 def image_side(paths: Sequence[Path], sample: int = 64) -> int | None:
     """Median shorter side in pixels of up to ``sample`` of ``paths`` (headers only), or None when none opens."""
     from PIL import Image
@@ -121,8 +142,8 @@ def _visible(p: Path, root: Path) -> bool:
     return not any(part.startswith(".") for part in p.relative_to(root).parts)
 
 
-def _handle_problem(problems: list[tuple[str, str]], path: Path | str, reason: str, strict: bool,
-                    quiet: bool = False) -> None:
+def handle_problem(problems: list[tuple[str, str]], path: Path | str, reason: str, strict: bool,
+                   quiet: bool = False) -> None:
     """Fail under ``strict``; else record the skipped file (``quiet``: the caller warns once for all of them)."""
     if strict:
         raise DataError(f"{path}: {reason} (remove it, or drop --strict to skip such files with a warning)")
@@ -149,6 +170,7 @@ def load_folder(
     classnames: Sequence[str] | None = None,
     check_images: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    checks: ImageChecks | None = None,
 ) -> LabeledSet:
     """Index ``root/<class>/**/<image>``: nested folders allowed, hidden files and folders ignored.
 
@@ -156,8 +178,10 @@ def load_folder(
         root: folder with one sub-folder per class. Folder names become class names (``_`` → space), in sorted order.
         strict: make unreadable images and non-image files fatal instead of skipped with a warning.
         classnames: optional display names replacing the folder-derived ones, in sorted folder order.
-        check_images: decode every image once to catch corrupt files early.
+        check_images: decode every image once to catch corrupt files early (False: index only; check what is
+            used later with :func:`edgeprompt.data.fewshot.sample_checked` or :class:`ImageChecks`).
         progress: called as ``progress(done, total)`` while images are checked.
+        checks: where verdicts are remembered (:class:`ImageChecks`); None decodes every image.
     """
     root = Path(root)
     if not root.is_dir():
@@ -178,7 +202,7 @@ def load_folder(
         entries = sorted(p for p in d.rglob("*") if p.is_file() and _visible(p, root))
         images = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
         for other in (p for p in entries if p.suffix.lower() not in IMAGE_EXTENSIONS):
-            _handle_problem(problems, other, "not an image file (unknown extension)", strict)
+            handle_problem(problems, other, "not an image file (unknown extension)", strict)
         if not images:
             msg = f"class folder {d} has no images"
             if strict:
@@ -195,8 +219,8 @@ def load_folder(
             raise DataError(f"{len(classnames)} class names given for {len(class_dirs)} class folders in {root}")
         keep = {d.name for d in kept_dirs}
         names = [n for n, d in zip(classnames, class_dirs, strict=True) if d.name in keep]
-    paths, labels = _check_all(files, problems, strict, check_images, progress)
-    return _finish(paths, labels, names, root, problems, str(root))
+    paths, labels = _check_all(files, problems, strict, check_images, progress, checks)
+    return finish_set(paths, labels, names, root, problems, str(root))
 
 
 def _check_names(names: Sequence[str], sources: Sequence[str], where: Path) -> None:
@@ -211,8 +235,8 @@ def _check_names(names: Sequence[str], sources: Sequence[str], where: Path) -> N
         seen[name] = src
 
 
-def _finish(paths: list[Path], labels: list[int], names: Sequence[str], root: Path, problems: list[tuple[str, str]],
-            where: str) -> LabeledSet:
+def finish_set(paths: list[Path], labels: list[int], names: Sequence[str], root: Path | None,
+               problems: list[tuple[str, str]], where: str) -> LabeledSet:
     """Drop classes left without a usable image (with a warning, as an empty folder is), then check >= 2 remain."""
     counts = [0] * len(names)
     for y in labels:
@@ -238,18 +262,19 @@ def _check_all(
     strict: bool,
     check_images: bool,
     progress: Callable[[int, int], None] | None,
+    checks: ImageChecks | None = None,
 ) -> tuple[list[Path], list[int]]:
+    if not check_images:
+        return [p for p, _ in files], [y for _, y in files]
+    reasons = (checks or ImageChecks()).reasons([p for p, _ in files], progress)
     paths: list[Path] = []
     labels: list[int] = []
-    for i, (p, y) in enumerate(files):
-        reason = check_image(p) if check_images else None
+    for (p, y), reason in zip(files, reasons, strict=True):
         if reason:
-            _handle_problem(problems, p, reason, strict)
+            handle_problem(problems, p, reason, strict)
         else:
             paths.append(p)
             labels.append(y)
-        if progress:
-            progress(i + 1, len(files))
     return paths, labels
 
 
@@ -260,6 +285,7 @@ def load_csv(
     strict: bool = False,
     check_images: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    checks: ImageChecks | None = None,
 ) -> LabeledSet:
     """Read a ``path,label`` CSV (header optional; relative paths are relative to the CSV's folder).
 
@@ -319,7 +345,7 @@ def load_csv(
             raise DataError(f"{path} row {n}: unknown label {lab!r}; known classes: {', '.join(names)}")
         fp = Path(p) if Path(p).is_absolute() else path.parent / p
         if not fp.is_file():
-            _handle_problem(problems, fp, "file does not exist", strict, quiet=True)
+            handle_problem(problems, fp, "file does not exist", strict, quiet=True)
             continue
         files.append((fp, index[lab]))
     missing = sum(why == "file does not exist" for _, why in problems)
@@ -329,8 +355,8 @@ def load_csv(
     if not files:
         raise DataError(f"none of the {len(raw)} files {path} lists exists (first: {raw[0][0]}): relative paths "
                         f"are read from the CSV's folder {path.parent}")
-    paths, labels = _check_all(files, problems, strict, check_images, progress)
-    return _finish(paths, labels, names, path.parent, problems, str(path))
+    paths, labels = _check_all(files, problems, strict, check_images, progress, checks)
+    return finish_set(paths, labels, names, path.parent, problems, str(path))
 
 def load_labeled(
     source: str | Path,
@@ -339,13 +365,16 @@ def load_labeled(
     classnames_file: str | Path | None = None,
     check_images: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    checks: ImageChecks | None = None,
 ) -> LabeledSet:
-    """A folder or a ``.csv`` manifest, whichever ``source`` is."""
+    """A folder or a ``.csv`` manifest, whichever ``source`` is (see :func:`load_folder` for the options)."""
     names = read_classnames_file(classnames_file) if classnames_file else None
     source = Path(source)
     if source.suffix.lower() == ".csv" and not source.is_dir():  # a folder named x.csv is a folder
-        return load_csv(source, classnames=names, strict=strict, check_images=check_images, progress=progress)
-    return load_folder(source, strict=strict, classnames=names, check_images=check_images, progress=progress)
+        return load_csv(source, classnames=names, strict=strict, check_images=check_images, progress=progress,
+                        checks=checks)
+    return load_folder(source, strict=strict, classnames=names, check_images=check_images, progress=progress,
+                       checks=checks)
 
 
 def match_classes(train_classes: Sequence[str], test: LabeledSet, what: str = "test set") -> LabeledSet:

@@ -30,7 +30,7 @@ from edgeprompt.fileio import check_not_inside, check_writable_parent, guard_out
 from edgeprompt.methods import create_method
 from edgeprompt.methods.base import batched_logits, build_config, method_config_class
 from edgeprompt.progress import NullReporter, Reporter
-from edgeprompt.train.cache import AugmentSpec, FeatureCache, check_cache_dir
+from edgeprompt.train.cache import AugmentSpec, FeatureCache, check_cache_dir, image_checks
 from edgeprompt.train.trainer import TrainSet, fit, resolve_device
 
 
@@ -230,7 +230,8 @@ def audit(cfg: AuditConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         if Path(cfg.write_fixed).exists() and not cfg.overwrite:
             raise ConfigError(f"{cfg.write_fixed} already exists: pass --overwrite, or choose another --write-fixed")
     build_config(cfg.method, cfg.options)
-    data = load_labeled(cfg.train, strict=cfg.strict, progress=rep.task("checking images"))
+    data = load_labeled(cfg.train, strict=cfg.strict, progress=rep.task("checking images"),
+                        checks=image_checks(cfg.cache_dir))
     if min(data.counts()) < cfg.folds:
         raise ConfigError(f"a class has only {min(data.counts())} images, fewer than --folds {cfg.folds}: lower "
                           f"--folds or add images")

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from edgeprompt.backbone import FrozenCLIP
+from edgeprompt.data.folder import ImageChecks
 from edgeprompt.errors import ConfigError
 from edgeprompt.fileio import atomic_write_bytes
 from edgeprompt.train.shards import FileHashes, ShardStore
@@ -40,6 +41,16 @@ Progress = Callable[..., None]  # tick(done, total, **fields), as edgeprompt.pro
 def default_cache_dir() -> Path:
     """``$EDGEPROMPT_CACHE`` or ``~/.cache/edgeprompt``."""
     return Path(os.environ.get("EDGEPROMPT_CACHE") or Path.home() / ".cache" / "edgeprompt")
+
+
+def files_db(root: str | os.PathLike[str] | None) -> Path:
+    """The per-file table (content hashes, image checks) of a cache folder, shared by every backbone in it."""
+    return Path(root or default_cache_dir()) / "features-v2" / "files.sqlite"
+
+
+def image_checks(root: str | os.PathLike[str] | None) -> ImageChecks:
+    """Image verdicts remembered in the cache folder ``root`` (None: the default cache)."""
+    return ImageChecks(files_db(root))
 
 
 def check_cache_dir(cache_dir: str | os.PathLike[str] | None, inputs: dict[str, str | os.PathLike[str] | None]) -> None:
@@ -156,7 +167,7 @@ class FeatureCache:
                               f"pass --cache-dir with a writable folder, or set EDGEPROMPT_CACHE") from None
         self.batch_size = batch_size
         self.workers = default_workers() if workers is None else workers
-        self.hashes = FileHashes(base / "files.sqlite")
+        self.hashes = FileHashes(files_db(root))
         self.store = ShardStore(self.dir)
         self._eval_tf = open_clip.image_transform(
             spec.image_size, is_train=False, mean=spec.mean, std=spec.std,

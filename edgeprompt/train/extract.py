@@ -18,7 +18,7 @@ from edgeprompt.config import COOP_CROP, SMALL_IMAGE_CROP, SMALL_IMAGE_SIDE, Ext
 from edgeprompt.data import load_labeled
 from edgeprompt.data.folder import image_side
 from edgeprompt.progress import NullReporter, Reporter
-from edgeprompt.train.cache import AugmentSpec, FeatureCache, check_cache_dir
+from edgeprompt.train.cache import AugmentSpec, FeatureCache, check_cache_dir, image_checks
 from edgeprompt.train.trainer import resolve_device
 
 
@@ -30,7 +30,7 @@ def extract(cfg: ExtractConfig, reporter: Reporter | None = None) -> dict[str, A
     cfg.validate()
     rank, world = parse_shard(cfg.shard)
     check_cache_dir(cfg.cache_dir, {"the data": cfg.data})
-    data = load_labeled(cfg.data, check_images=True, progress=rep.task("checking images"))
+    data = load_labeled(cfg.data, progress=rep.task("checking images"), checks=image_checks(cfg.cache_dir))
     device = cfg.device
     if device == "auto" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process when there are GPUs
         import torch

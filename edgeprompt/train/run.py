@@ -21,7 +21,8 @@ import torch
 from edgeprompt.artifact import SPLIT_FILE, load_run, run_data, save_state
 from edgeprompt.backbone import create_backbone
 from edgeprompt.config import COOP_CROP, TuneConfig, resolve_tune
-from edgeprompt.data import apply_noise, load_labeled, parse_noise, sample_few_shot
+from edgeprompt.data import apply_noise, load_labeled, parse_noise
+from edgeprompt.data.fewshot import sample_checked
 from edgeprompt.data.folder import LabeledSet, image_side, match_classes
 from edgeprompt.errors import ArtifactError, ConfigError
 from edgeprompt.fileio import atomic_write_json, guard_output, output_lock, replace_dir
@@ -29,7 +30,7 @@ from edgeprompt.manifest import Manifest
 from edgeprompt.methods import create_method
 from edgeprompt.methods.base import batched_logits, build_config, method_config_class
 from edgeprompt.progress import NullReporter, Reporter
-from edgeprompt.train.cache import AugmentSpec, FeatureCache, check_cache_dir
+from edgeprompt.train.cache import AugmentSpec, FeatureCache, check_cache_dir, image_checks
 from edgeprompt.train.evaluate import classification_report, noisy_train_report
 from edgeprompt.train.trainer import EvalSet, TrainSet, fit, resolve_device
 
@@ -66,9 +67,10 @@ def check_values(cfg: TuneConfig) -> None:
 def load_tuning_set(cfg: TuneConfig, rep: Reporter) -> tuple[LabeledSet, LabeledSet, list[int], list[bool]]:
     """All labeled samples, the few-shot subset, its given (possibly noisy) labels and the clean mask."""
     noise = parse_noise(cfg.noise)
-    data = load_labeled(cfg.train, strict=cfg.strict, classnames_file=cfg.classnames_file,
-                        progress=rep.task("checking images"))
-    few = sample_few_shot(data, cfg.shots, cfg.train_cfg.seed)
+    # index the folder without decoding it, then check only the images the run uses (remembered in the cache)
+    data = load_labeled(cfg.train, strict=cfg.strict, classnames_file=cfg.classnames_file, check_images=False)
+    few = sample_checked(data, cfg.shots, cfg.train_cfg.seed, strict=cfg.strict, checks=image_checks(cfg.cache_dir),
+                         progress=rep.task("checking images"))
     given, clean = apply_noise(few.labels, few.num_classes, noise, cfg.train_cfg.seed, few.classnames)
     return data, few, given, clean
 
@@ -102,7 +104,8 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
     method_cfg = build_config(cfg.method, cfg.options)
     val = None
     if cfg.val:
-        val = match_classes(few.classnames, load_labeled(cfg.val, strict=cfg.strict), "validation set")
+        val = match_classes(few.classnames, load_labeled(cfg.val, strict=cfg.strict,
+                                                               checks=image_checks(cfg.cache_dir)), "validation set")
 
     torch.manual_seed(cfg.train_cfg.seed)
     device = resolve_device(cfg.train_cfg.device)
@@ -216,7 +219,8 @@ def evaluate(run_dir: str | Path, test: str | Path | None = None, *, on_train: b
                                 f"--train needs the images the run was tuned on")
         target, given = np.array(split["true_labels"]), np.array(split["given_labels"])
     else:
-        data = match_classes(classnames, load_labeled(test, strict=strict), "test set")  # type: ignore[arg-type]
+        checked = load_labeled(test, strict=strict, checks=image_checks(cache_dir))  # type: ignore[arg-type]
+        data = match_classes(classnames, checked, "test set")
         paths, target = list(data.paths), np.array(data.labels)
     cache = FeatureCache(run.backbone, cache_dir)
     pooled, tokens = cache.features(paths, None, run.method.needs_tokens, rep.task("encoding"))

@@ -19,22 +19,18 @@ import io
 import logging
 import os
 import socket
-import sqlite3
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
-from edgeprompt.errors import ConfigError
+from edgeprompt.data.filetable import FileTable
 from edgeprompt.fileio import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-LOCK_TIMEOUT_S = 30  # how long a reader waits for another process's write to the freshness table
 SHARD_BYTES = 64 << 20  # target size of one shard file; a shard holds at least one image
 
 
@@ -43,69 +39,11 @@ class FileHashes:
 
     def __init__(self, db: Path) -> None:
         self.db = db
-
-    def _query(self, work: Callable[[sqlite3.Connection], T]) -> T | None:
-        """Run ``work`` on the freshness table; None when it cannot be used (a read-only cache: hashing still
-        works, only slower). A damaged or foreign file is replaced by a fresh table once (one warning); a lock
-        held past the timeout is a one-line error naming the file."""
-        for attempt in range(2):
-            try:
-                con = sqlite3.connect(self.db, timeout=LOCK_TIMEOUT_S)
-            except sqlite3.Error as e:
-                log.debug("freshness table %s unavailable: %s", self.db, e)
-                return None
-            try:
-                con.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
-                            "sha TEXT)")
-                result = work(con)
-                con.commit()
-                return result
-            except sqlite3.OperationalError as e:
-                if "locked" in str(e) or "busy" in str(e):
-                    raise ConfigError(f"the feature cache index {self.db} stayed locked for {LOCK_TIMEOUT_S} s by "
-                                      f"another process: wait for it, or pass another --cache-dir") from None
-                log.debug("freshness table %s: %s", self.db, e)
-                return None
-            except sqlite3.DatabaseError as e:  # "file is not a database", a damaged page, a foreign schema
-                if attempt:
-                    log.debug("freshness table %s: %s", self.db, e)
-                    return None
-                log.warning("the feature cache index %s is damaged (%s): rebuilding it", self.db, e)
-                con.close()
-                with contextlib.suppress(OSError):
-                    self.db.unlink()
-                continue
-            finally:
-                con.close()
-        return None
+        self._table = FileTable(db, "files", value_col="sha")  # the table's name and column predate FileTable
 
     def shas(self, paths: Sequence[Path]) -> list[str]:
         """The content sha256 of each path (same order)."""
-        keys = [str(Path(p).resolve()) for p in paths]
-        stats = [os.stat(k) for k in keys]
-
-        def select(con: sqlite3.Connection) -> dict[str, tuple[int, int, str]]:
-            found: dict[str, tuple[int, int, str]] = {}
-            for i in range(0, len(keys), 900):  # sqlite's default limit on bound parameters is 999
-                chunk = keys[i : i + 900]
-                rows = con.execute(f"SELECT path, size, mtime_ns, sha FROM files WHERE path IN "
-                                   f"({','.join('?' * len(chunk))})", chunk)
-                found.update((p, (s, m, h)) for p, s, m, h in rows if isinstance(h, str))
-            return found
-
-        known = self._query(select) or {}
-        out, fresh = [], []
-        for key, st in zip(keys, stats, strict=True):
-            hit = known.get(key)
-            if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-                out.append(hit[2])
-            else:
-                sha = sha256_file(key)
-                out.append(sha)
-                fresh.append((key, st.st_size, st.st_mtime_ns, sha))
-        if fresh:
-            self._query(lambda con: con.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", fresh))
-        return out
+        return self._table.values(paths, sha256_file)
 
 
 class ShardStore:
