@@ -34,7 +34,7 @@ def test_shards_from_several_writers_read_as_one_cache(tiny_backbone, tmp_path: 
     got, _ = reader.features(paths, aug)
     assert reader.misses == 0 and reader.hits == len(paths)
     assert torch.equal(got, ref)  # parallel decoding in workers gives the serial features exactly
-    assert len(list(reader.dir.glob("shards/*/*.npz"))) == 3
+    assert len(list(reader.dir.glob("shards/*/*.safetensors"))) == 3
     assert parse_shard("2/4") == (2, 4)
     os.environ.update(RANK="1", WORLD_SIZE="8")
     try:
@@ -76,7 +76,7 @@ def test_damaged_shard_is_recomputed_and_tokens_are_cached_apart(tiny_backbone, 
     paths = _paths(make_folder(tmp_path / "d", per_class=2))
     cache = FeatureCache(tiny_backbone, tmp_path / "c", workers=0)
     pooled, _ = cache.features(paths)
-    (shard,) = cache.dir.glob("shards/eval/*.npz")
+    (shard,) = cache.dir.glob("shards/eval/*.safetensors")
     shard.write_bytes(b"PK\x03\x04 broken")
     fresh = FeatureCache(tiny_backbone, tmp_path / "c", workers=0)
     again, _ = fresh.features(paths)
@@ -114,7 +114,7 @@ def test_a_damaged_cache_heals(tiny_backbone, image_folder, tmp_path, caplog) ->
     first, _ = cache.features(paths)
     db = cache.hashes.db
     db.write_bytes(b"this is not a database at all" * 20)
-    (shard,) = list(cache.dir.rglob("*.npz"))
+    (shard,) = list(cache.dir.rglob("*.safetensors"))
     shard.write_bytes(b"PK\x03\x04 damaged")
     with caplog.at_level(logging.WARNING, logger="edgeprompt"):
         again, _ = FeatureCache(tiny_backbone, tmp_path / "c").features(paths)
@@ -125,3 +125,33 @@ def test_a_damaged_cache_heals(tiny_backbone, image_folder, tmp_path, caplog) ->
     with caplog.at_level(logging.WARNING, logger="edgeprompt"):
         FeatureCache(tiny_backbone, tmp_path / "c").features(paths)
     assert "damaged" not in caplog.text  # healed: no warning the second time
+
+
+def test_shard_reads_touch_only_the_rows_asked_and_old_npz_shards_still_read(tmp_path: Path) -> None:
+    import io
+
+    from edgeprompt.train.shards import ShardStore
+
+    rng = np.random.default_rng(0)
+    pooled = rng.standard_normal((100, 8)).astype(np.float32)
+    tokens = rng.standard_normal((100, 4, 8)).astype(np.float16)
+    shas = [f"{i:064x}" for i in range(100)]
+    store = ShardStore(tmp_path)
+    (shard,) = store.write("eval", shas, pooled, tokens)
+    assert shard.suffix == ".safetensors"
+    reader = ShardStore(tmp_path)  # a fresh process: the index comes from the files
+    want = [3, 97, 4, 50, 3]
+    places = reader.lookup("eval", [shas[i] for i in want], with_tokens=True)
+    got_p, got_t = reader.read(places, with_tokens=True)  # type: ignore[arg-type]
+    assert all(np.array_equal(g, pooled[i]) for g, i in zip(got_p, want, strict=True))
+    assert all(np.array_equal(g, tokens[i]) for g, i in zip(got_t, want, strict=True))
+    row_bytes = pooled[0].nbytes + tokens[0].nbytes
+    assert reader.bytes_read == 4 * row_bytes  # rows 3, 4, 50, 97: not the shard's 100
+    # a shard written by an earlier version (.npz) is found and read beside the new ones
+    old = {"shas": np.asarray([f"{i:064x}" for i in range(100, 103)]), "pooled": pooled[:3]}
+    buf = io.BytesIO()
+    np.savez(buf, **old)
+    (tmp_path / "shards" / "eval" / "old-00001.npz").write_bytes(buf.getvalue())
+    again = ShardStore(tmp_path)
+    (place,) = again.lookup("eval", [f"{101:064x}"], with_tokens=False)
+    assert place is not None and np.array_equal(again.read([place], with_tokens=False)[0][0], pooled[1])

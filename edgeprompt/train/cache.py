@@ -174,6 +174,7 @@ class FeatureCache:
             resize_mode=spec.resize, interpolation=spec.interpolation,
         )
         self.hits = self.misses = 0
+        self.bytes_used = 0  # feature bytes returned; self.store.bytes_read is what reading them cost
 
     @torch.no_grad()
     def encode(self, items: Sequence[tuple[Path, str]], aug: AugmentSpec | None, with_tokens: bool,
@@ -227,6 +228,7 @@ class FeatureCache:
         self.misses += sum(1 for _ in missing)
         self.hits += len(paths) - len(missing)
         pooled, tokens = self.store.read(places, with_tokens)  # type: ignore[arg-type]
+        self.bytes_used += sum(p.nbytes for p in pooled) + sum(t.nbytes for t in tokens if t is not None)
         pooled_t = torch.from_numpy(np.stack(pooled)) if pooled else torch.empty(0)
         tokens_t = torch.from_numpy(np.stack(tokens)) if with_tokens and tokens else None  # type: ignore[arg-type]
         return pooled_t, tokens_t
