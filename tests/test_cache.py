@@ -155,3 +155,22 @@ def test_shard_reads_touch_only_the_rows_asked_and_old_npz_shards_still_read(tmp
     again = ShardStore(tmp_path)
     (place,) = again.lookup("eval", [f"{101:064x}"], with_tokens=False)
     assert place is not None and np.array_equal(again.read([place], with_tokens=False)[0][0], pooled[1])
+
+
+def test_an_extract_rank_checks_and_hashes_only_its_share(tiny_model: str, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import edgeprompt.train.shards as shards
+    from edgeprompt.config import ExtractConfig
+    from edgeprompt.data import folder as folder_mod
+    from edgeprompt.train.extract import extract, path_rank
+
+    data = make_folder(tmp_path / "d", per_class=6)
+    hashed: list[str] = []
+    decoded: list[str] = []
+    real_sha, real_check = shards.sha256_file, folder_mod.check_image
+    monkeypatch.setattr(shards, "sha256_file", lambda p: hashed.append(str(p)) or real_sha(p))
+    monkeypatch.setattr(folder_mod, "check_image", lambda p: decoded.append(str(p)) or real_check(p))
+    share = sorted(str(p.resolve()) for p in data.rglob("*.png") if path_rank(p, 3) == 1)
+    assert 0 < len(share) < 18
+    res = extract(ExtractConfig(data=str(data), model=tiny_model, pretrained="none", views=0, shard="1/3",
+                                workers=0, cache_dir=str(tmp_path / "c")))
+    assert res["images"] == len(share) and sorted(hashed) == share and sorted(decoded) == share

@@ -1,7 +1,8 @@
 """``edgeprompt extract``: compute a dataset's frozen features into the cache before tuning, on one or many processes.
 
-Every process takes the images whose position in the content-hash order is ``i mod n`` (``--shard i/n``, or
-torchrun's RANK / WORLD_SIZE) and writes its own shards into the shared cache; any later ``tune``, ``eval``, ``sweep``
+Every process takes the images whose path hashes to ``i mod n`` (``--shard i/n``, or torchrun's RANK / WORLD_SIZE),
+so the split needs the folder's listing only: each process checks, hashes and encodes its own share, and writes its
+own shards into the shared cache; any later ``tune``, ``eval``, ``sweep``
 or ``audit`` on the same backbone and views reads them all as one cache (docs/scale-out.md).
 
     torchrun --nproc-per-node 4 -m edgeprompt.cli.main extract food101n/train --model ViT-B-16 --pretrained openai
@@ -10,7 +11,10 @@ or ``audit`` on the same backbone and views reads them all as one cache (docs/sc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from edgeprompt.backbone import create_backbone
@@ -21,6 +25,15 @@ from edgeprompt.progress import NullReporter, Reporter
 from edgeprompt.train.cache import AugmentSpec, FeatureCache, check_cache_dir, image_checks
 from edgeprompt.train.trainer import resolve_device
 
+log = logging.getLogger(__name__)
+
+
+def path_rank(path: Path, world: int) -> int:
+    """Which of ``world`` processes extracts ``path``: a stable hash of its resolved path, the same in every process
+    (Python's ``hash`` of a string is salted per process)."""
+    digest = hashlib.blake2b(str(path.resolve()).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % world
+
 
 def extract(cfg: ExtractConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     """Fill the feature cache with this process's share of ``cfg.data``; returns counts and images/s."""
@@ -30,7 +43,14 @@ def extract(cfg: ExtractConfig, reporter: Reporter | None = None) -> dict[str, A
     cfg.validate()
     rank, world = parse_shard(cfg.shard)
     check_cache_dir(cfg.cache_dir, {"the data": cfg.data})
-    data = load_labeled(cfg.data, progress=rep.task("checking images"), checks=image_checks(cfg.cache_dir))
+    listed = load_labeled(cfg.data, check_images=False)  # a listing; each rank checks only its share below
+    share = [i for i, p in enumerate(listed.paths) if path_rank(p, world) == rank]
+    mine_all = listed.subset(share)
+    reasons = image_checks(cfg.cache_dir).reasons(list(mine_all.paths), rep.task("checking images"))
+    for p, why in zip(mine_all.paths, reasons, strict=True):
+        if why:
+            log.warning("skipping %s: %s", p, why)
+    mine = [p for p, why in zip(mine_all.paths, reasons, strict=True) if not why]
     device = cfg.device
     if device == "auto" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process when there are GPUs
         import torch
@@ -38,12 +58,9 @@ def extract(cfg: ExtractConfig, reporter: Reporter | None = None) -> dict[str, A
         device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
     backbone = create_backbone(cfg.model, cfg.pretrained, resolve_device(device))
     cache = FeatureCache(backbone, cfg.cache_dir, batch_size=cfg.batch_size, workers=cfg.workers)
-    shas = cache.hashes.shas(data.paths)
-    order = sorted(range(len(shas)), key=lambda i: shas[i])
-    mine = [data.paths[i] for k, i in enumerate(order) if k % world == rank]
     crop = cfg.crop_scale
     if crop is None:
-        side = image_side(data.paths)
+        side = image_side(listed.paths)  # the whole folder's, so every rank chooses the same crop
         crop = SMALL_IMAGE_CROP if side is not None and side < SMALL_IMAGE_SIDE else COOP_CROP
     t0 = time.perf_counter()
     before = cache.misses
@@ -53,7 +70,8 @@ def extract(cfg: ExtractConfig, reporter: Reporter | None = None) -> dict[str, A
         cache.features(mine, aug, cfg.tokens, rep.task(f"{cfg.views} augmented views (shard {rank}/{world})"))
     seconds = time.perf_counter() - t0
     encoded = cache.misses - before
-    return {"data": cfg.data, "shard": f"{rank}/{world}", "images": len(mine), "entries_encoded": encoded,
+    return {"data": cfg.data, "shard": f"{rank}/{world}", "images": len(mine), "skipped": len(mine_all) - len(mine),
+            "entries_encoded": encoded,
             "entries_cached": cache.hits, "views": cfg.views, "crop_scale": crop, "seconds": round(seconds, 2),
             "images_per_s": round(len(mine) / seconds, 1) if seconds > 0 and encoded else None,
             "cache_dir": str(cache.dir), "config": dataclasses.asdict(cfg)}
