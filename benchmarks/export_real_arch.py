@@ -76,7 +76,7 @@ def run_arch(arch: str, work: Path) -> dict[str, Any]:
     for precision in ("fp32", "fp16"):
         t0 = time.perf_counter()
         res = export_run(ExportConfig(source=str(run_dir), out=str(work / f"bundle-{arch}-{precision}"),
-                                      fp16=precision == "fp16", n_check=len(images)))
+                                      precision=precision, n_check=len(images)))
         export_s = time.perf_counter() - t0
         predictor = load_bundle(res["bundle"], backend="ort-cpu")
         t0 = time.perf_counter()

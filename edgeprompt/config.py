@@ -395,7 +395,9 @@ class ExportConfig:
 
     source: str  # a run directory (from tune) or a bundle (from an earlier export)
     out: str | None = None  # bundle to create from a run; default RUN-bundle beside it
-    fp16: bool = False  # FP16 weights, FP32 I/O, LayerNorm, normalisation, class MatMul and softmax
+    # fp32 | fp16 (FP16 weights; FP32 I/O, LayerNorm, normalisation, class MatMul and softmax) | int8 (a calibrated
+    # Q/DQ graph, model.fp32.onnx kept beside it; see quant). One value: the manifest records it, the device reads it.
+    precision: str = "fp32"
     opset: int = 17
     n_check: int = 32  # images of the run's tuning split in the parity gate
     exporter: str = "auto"  # auto | legacy | dynamo (docs/export.md)
@@ -405,11 +407,23 @@ class ExportConfig:
     triton: TritonConfig | None = None  # also write a Triton model repository (docs/scale-out.md)
     deepstream: str | None = None  # also write DeepStream nvinfer files to this folder (docs/deepstream.md)
     deepstream_scaling: str = "squash"  # squash | pad: how nvinfer fits a frame to the square input
-    int8: bool = False  # model.onnx is a calibrated Q/DQ graph (model.fp32.onnx kept beside it); see quant
     quant: Int8Config = field(default_factory=Int8Config)  # calibration, quantizer and gate of --int8
     overwrite: bool = False  # replace an existing bundle, or an existing model of the same name in the Triton repo
 
+    @property
+    def fp16(self) -> bool:
+        return self.precision == "fp16"
+
+    @property
+    def int8(self) -> bool:
+        return self.precision == "int8"
+
     def validate(self) -> None:
+        from edgeprompt.manifest import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+                              f"{suggest(str(self.precision), list(PRECISIONS))}")
         _check_int("--opset", self.opset, 1)
         _check_int("the number of check images", self.n_check, 1)
         self.profile.validate()
@@ -418,9 +432,6 @@ class ExportConfig:
         self.quant.validate()
         if self.deepstream_scaling not in ("squash", "pad"):
             raise ConfigError(f"--deepstream-scaling must be squash or pad, got {self.deepstream_scaling!r}")
-        if self.int8 and self.fp16:
-            raise ConfigError("choose --int8 or --fp16, not both: an INT8 bundle already builds its float layers in "
-                              "FP16 on TensorRT 10 (--int8 --fp16 in trtexec.sh)")
         if self.int8 and self.external_data:
             raise ConfigError("--int8 writes single-file graphs: drop --external-data (graphs over 2 GiB cannot be "
                               "quantized here)")

@@ -19,7 +19,9 @@ from edgeprompt.errors import ArtifactError
 from edgeprompt.fileio import atomic_write_json
 from edgeprompt.version import __version__
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: precision is a top-level field (version 1 kept it in extra["export"]; still read)
+READABLE_SCHEMAS = (1, 2)
+PRECISIONS = ("fp32", "fp16", "int8")  # a bundle graph's numeric format; a run is fp32
 MANIFEST_NAME = "manifest.json"
 ONNX_FILE = "model.onnx"  # bundle files, named once for the exporter, the engine builder and every runtime
 ONNX_FP32_FILE = "model.fp32.onnx"  # an INT8 bundle keeps its FP32 graph for reference (bench, re-quantizing)
@@ -156,6 +158,7 @@ class Manifest:
     preprocess: PreprocessSpec
     logit_scale: float
     io: IOSpec | None = None
+    precision: str = "fp32"  # one of PRECISIONS: what the bundle's model.onnx computes in
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     extra: dict[str, Any] = field(default_factory=dict)  # method config, export settings, parity numbers …
     versions: dict[str, str] = field(default_factory=library_versions)
@@ -176,6 +179,7 @@ class Manifest:
             "preprocess": self.preprocess.to_dict(),
             "logit_scale": self.logit_scale,
             "io": self.io.to_dict() if self.io else None,
+            "precision": self.precision,
             "files": dict(self.files),
             "extra": self.extra,
             "versions": self.versions,
@@ -187,11 +191,17 @@ class Manifest:
         if not isinstance(d, dict):
             raise TypeError(f"a JSON object was expected, found a {type(d).__name__}")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION or isinstance(version, bool):
+        if version not in READABLE_SCHEMAS or isinstance(version, bool):
             raise ArtifactError(
                 f"manifest schema version {version!r} is not supported by edgeprompt {__version__} "
-                f"(expects the number {SCHEMA_VERSION}): re-create it with this version"
+                f"(reads {', '.join(map(str, READABLE_SCHEMAS))}): re-create it with this version"
             )
+        extra = dict(d.get("extra", {}))
+        # version 1 kept the precision in the export settings; it is read from there once, here
+        precision = d.get("precision") if version >= 2 else (extra.get("export") or {}).get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise ArtifactError(f"manifest precision {precision!r} is not one of {', '.join(PRECISIONS)}: the "
+                                f"manifest was edited or damaged; export again")
         return cls(
             kind=d["kind"],
             method=d["method"],
@@ -200,11 +210,12 @@ class Manifest:
             preprocess=PreprocessSpec.from_dict(d["preprocess"]),
             logit_scale=float(d["logit_scale"]),
             io=IOSpec.from_dict(d["io"]) if d.get("io") else None,
+            precision=precision,
             files=dict(d.get("files", {})),
-            extra=dict(d.get("extra", {})),
+            extra=extra,
             versions=dict(d.get("versions", {})),
             created=d.get("created", ""),
-            schema_version=d["schema_version"],
+            schema_version=SCHEMA_VERSION,  # migrated on read; written back as the current version
         )
 
     def write(self, directory: str | Path) -> Path:

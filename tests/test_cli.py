@@ -110,3 +110,13 @@ def test_progress_lines_without_a_terminal_and_quiet_verbose(tiny_model, image_f
     assert quiet.exit_code == 0 and quiet.stderr == ""
     loud = runner.invoke(app, ["-v", *_tune_args(tiny_model, image_folder, tmp_path / "c", cache_dir)])
     assert loud.exit_code == 0 and "info: " in loud.stderr
+
+
+def test_export_precision_is_one_value_with_two_shorthands(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from tests.test_errors import run_cli
+
+    for args, words in ((["--fp16", "--int8"], "--int8 or --fp16, not both"),
+                        (["--precision", "fp16", "--int8"], "--precision fp16 and --int8 disagree"),
+                        (["--precision", "bf16"], "--precision must be one of fp32, fp16, int8")):
+        code, _, err = run_cli(["export", str(tmp_path / "run"), *args], capsys)
+        assert code == 2 and words in err, err

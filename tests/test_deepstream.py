@@ -61,7 +61,8 @@ def test_nvinfer_scaling_gives_the_graph_its_own_input(tmp_path: Path) -> None:
 def test_an_engine_is_used_and_its_profile_bounds_the_batch(tmp_path: Path) -> None:
     write_tiny_bundle(tmp_path / "b")
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    manifest["extra"]["export"] = {"precision": "fp16", "profile": {"min_batch": 1, "opt_batch": 4, "max_batch": 8}}
+    manifest["precision"] = "fp16"
+    manifest["extra"]["export"] = {"profile": {"min_batch": 1, "opt_batch": 4, "max_batch": 8}}
     (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
     (tmp_path / "b" / ENGINE_FILE).write_bytes(b"engine bytes")
     write_deepstream(tmp_path / "b", tmp_path / "ds", batch_size=8)

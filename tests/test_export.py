@@ -106,11 +106,11 @@ def test_fp16_export_keeps_fp32_io_and_layernorm(tiny_model: str, image_folder: 
 
 
     run = tune_run(tiny_model, "dspt", image_folder, tmp_path / "run", cache_dir, n_ctx=4)
-    res = export_run(run, tmp_path / "bundle", fp16=True, n_check=8)
+    res = export_run(run, tmp_path / "bundle", precision="fp16", n_check=8)
     assert res["precision"] == "fp16" and res["parity"]["passed"] and res["exporter"] == "dynamo"
     assert res["parity"]["top1_agreement_tie_aware"] >= 0.995
     m = Manifest.read(res["bundle"])
-    assert m.extra["export"]["precision"] == "fp16" and "LayerNorm" in m.extra["fp16"]["kept_fp32"]
+    assert m.precision == "fp16" and "LayerNorm" in m.extra["fp16"]["kept_fp32"]
     model = onnx.load(str(Path(res["bundle"]) / "model.onnx"))
     types = {t.name: t.data_type for t in model.graph.initializer}
     assert onnx.TensorProto.FLOAT16 in types.values()

@@ -43,7 +43,7 @@ def int8_run(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def int8_bundle(request: pytest.FixtureRequest, int8_run: Path, tmp_path_factory: pytest.TempPathFactory
                 ) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp(f"bundle-{request.param}") / "b"
-    res = export_run(int8_run, out, n_check=4, int8=True,
+    res = export_run(int8_run, out, n_check=4, precision="int8",
                      quant=Int8Config(quantizer=request.param, calib_n=8, min_accuracy=0.0))
     return out, res
 
@@ -65,7 +65,7 @@ def test_int8_bundle_files_manifest_and_disjoint_sets(int8_bundle: tuple[Path, d
     files = ["manifest.json", ONNX_FILE, ONNX_FP32_FILE, "trtexec.sh"]
     assert sorted(p.name for p in bundle.iterdir()) == sorted(files)
     m = Manifest.read(bundle)
-    assert m.extra["export"]["precision"] == "int8" and res["precision"] == "int8"
+    assert m.precision == "int8" and res["precision"] == "int8"
     assert set(m.files) == {ONNX_FILE, ONNX_FP32_FILE, "trtexec.sh"}
     q = m.extra["int8"]
     assert q["calibrator"] == "percentile" and q["keep_float"] == ["head", "attention"]
@@ -177,7 +177,7 @@ def test_failed_int8_gate_is_one_line_and_writes_nothing(int8_run: Path, tmp_pat
     out = tmp_path / "bundles" / "b"
     with pytest.raises(ExportError) as err:
         # the agreement bar: on a random model the rolled graph can keep FP32's (chance) accuracy
-        export_run(int8_run, out, n_check=4, int8=True, quant=Int8Config(calib_n=8, min_agreement=0.99))
+        export_run(int8_run, out, n_check=4, precision="int8", quant=Int8Config(calib_n=8, min_agreement=0.99))
     msg = str(err.value)
     assert "\n" not in msg and "no bundle was written" in msg and "of 10 held-out images (< 99 %" in msg
     assert msg.endswith("try more calibration images (--calib-n 16)")  # 8 of the 18 tuning images were used
@@ -265,11 +265,11 @@ def test_int8_options_are_validated(tmp_path: Path) -> None:
                      ({"keep_float": ("heads",)}, "Did you mean 'head'"), ({"min_agreement": 99.0}, "0.99 = 99 %"),
                      ({"calib_n": 0}, "--calib-n")]:
         with pytest.raises(ConfigError, match=what):
-            ExportConfig(source="run", int8=True, quant=Int8Config(**kw)).validate()  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="--int8 or --fp16"):
-        ExportConfig(source="run", int8=True, fp16=True).validate()
+            ExportConfig(source="run", precision="int8", quant=Int8Config(**kw)).validate()  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--precision must be one of fp32, fp16, int8, got 'int4'"):
+        ExportConfig(source="run", precision="int4").validate()
     with pytest.raises(ConfigError, match="--calib .*no such folder"):
-        ExportConfig(source="run", int8=True, quant=Int8Config(calib=str(tmp_path / "nope"))).validate()
+        ExportConfig(source="run", precision="int8", quant=Int8Config(calib=str(tmp_path / "nope"))).validate()
     assert Int8Config(keep_float="head").keep_float == ("head",)
 
 
@@ -287,7 +287,7 @@ def test_int8_cli_refusal_is_exit_2_and_one_line(int8_run: Path, tmp_path: Path)
 def test_int8_bundle_predicts_and_benches_without_torch(int8_run: Path, tmp_path: Path) -> None:
     """predict and bench (INT8 rows beside the bundle's FP32 graph) in a process where torch cannot be imported."""
     bundle = tmp_path / "b"
-    export_run(int8_run, bundle, n_check=4, int8=True, quant=Int8Config(quantizer="ort", calib_n=8,
+    export_run(int8_run, bundle, n_check=4, precision="int8", quant=Int8Config(quantizer="ort", calib_n=8,
                                                                         min_accuracy=0.0))
     data = make_folder(tmp_path / "test", per_class=2, seed=3)
     script = _NO_TORCH.split("bundle, image = sys.argv[1], sys.argv[2]")[0] + (

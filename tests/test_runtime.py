@@ -273,3 +273,21 @@ def test_numpy_frames_match_the_path_route(tmp_path: Path) -> None:
             p.predict([rgb])
         with pytest.raises(ConfigError, match=r"\(H, W, 3\) uint8"):
             p.predict([rgb.astype(np.float32)], channels="rgb")
+
+
+def test_manifests_of_the_previous_schema_still_load_with_their_precision(tmp_path: Path) -> None:
+    """Schema 1 kept the precision in extra["export"]; it is read from there once, and written back as schema 2."""
+    from edgeprompt.manifest import SCHEMA_VERSION, Manifest
+
+    write_tiny_bundle(tmp_path / "b")
+    d = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert d["schema_version"] == SCHEMA_VERSION == 2 and d["precision"] == "fp32"
+    old = {k: v for k, v in d.items() if k != "precision"} | {"schema_version": 1}
+    old["extra"] = {**old["extra"], "export": {"precision": "fp16"}}
+    m = Manifest.from_dict(old)
+    assert m.precision == "fp16" and m.to_dict()["schema_version"] == 2 and m.to_dict()["precision"] == "fp16"
+    assert Manifest.from_dict({k: v for k, v in old.items() if k != "extra"}).precision == "fp32"
+    with pytest.raises(ArtifactError, match="precision 'fp8'"):
+        Manifest.from_dict(d | {"precision": "fp8"})
+    with pytest.raises(ArtifactError, match="reads 1, 2"):
+        Manifest.from_dict(d | {"schema_version": 3})

@@ -72,7 +72,7 @@ def make_bundle(directory: Path, precision: str = "fp32", *, profile_max: int | 
         onnx.checker.check_model(model)
         onnx.save_model(model, path)
     files = {"model.onnx": sha256_file(path)}
-    extra: dict[str, Any] = {"export": {"precision": precision}}
+    extra: dict[str, Any] = {"export": {}}
     if profile_max is not None:
         extra["export"]["profile"] = {"min_batch": 1, "opt_batch": 1, "max_batch": profile_max}
     if engine_max is not None:
@@ -82,7 +82,8 @@ def make_bundle(directory: Path, precision: str = "fp32", *, profile_max: int | 
                                                                  "max_batch": engine_max}}
     manifest = Manifest(kind="bundle", method=manifest.method, backbone=manifest.backbone,
                         classnames=manifest.classnames, preprocess=manifest.preprocess,
-                        logit_scale=manifest.logit_scale, io=manifest.io, files=files, extra=extra)
+                        logit_scale=manifest.logit_scale, io=manifest.io, precision=precision, files=files,
+                        extra=extra)
     manifest.write(directory)
     return manifest
 

@@ -155,7 +155,7 @@ def bench(cfg: BenchConfig, reporter: Reporter | None = None,
     if not usable:
         why = "; ".join(f"{b}: {r}" for b, r in status.items())
         raise ConfigError(f"none of the requested backends can run here ({why})")
-    precision = manifest.extra.get("export", {}).get("precision", "fp32")
+    precision = manifest.precision
     # (backend, the bundle's FP32 reference graph instead of model.onnx)
     jobs = [(b, True) for b in usable if _fp32_graph_row(bundle, b, precision)]
     jobs = sorted([*jobs, *((b, False) for b in usable)], key=lambda j: usable.index(j[0]))

@@ -141,7 +141,8 @@ def export(
     source: Annotated[Path, typer.Argument(help="Run directory (from `tune`) to export, or a bundle to build a TensorRT engine for.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Bundle directory to create (for a run directory; default RUN-bundle).")] = None,
     trt: Annotated[bool, typer.Option("--trt", help="Build model.engine with TensorRT here (needs TensorRT and a GPU).")] = False,
-    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 weights with FP32 I/O and FP32 LayerNorm/softmax.")] = _EXPORT["fp16"],
+    precision: Annotated[str, typer.Option("--precision", "-p", help="fp32 | fp16 (FP16 weights, FP32 I/O, LayerNorm and softmax) | int8 (a calibrated Q/DQ graph, gated on held-out accuracy; see the INT8 options). Recorded in the manifest; the device reads it from there.")] = _EXPORT["precision"],
+    fp16: Annotated[bool, typer.Option("--fp16", help="Short for --precision fp16.")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset (17..21).")] = _EXPORT["opset"],
     n_check: Annotated[int, typer.Option(help="Tuning images in the torch/onnxruntime parity gate.")] = _EXPORT["n_check"],
     min_batch: Annotated[int, typer.Option(help="Smallest batch of the TensorRT profile.", rich_help_panel="TensorRT")] = _PROFILE.min_batch,
@@ -153,7 +154,7 @@ def export(
     triton_platform: Annotated[str, typer.Option(help="auto (tensorrt_plan when the bundle has model.engine) | onnx (onnxruntime_onnx) | trt (tensorrt_plan).", rich_help_panel="Triton")] = _TRITON["platform"],
     deepstream: Annotated[Path | None, typer.Option("--deepstream", help="Also write DeepStream nvinfer files here: config_infer_primary.txt, labels.txt, the graph (and engine), README.md with a pipeline. Batch: --opt-batch.", rich_help_panel="DeepStream", metavar="DIR")] = None,
     deepstream_scaling: Annotated[str, typer.Option(help="How nvinfer fits a frame to the square input: squash | pad (nvinfer cannot centre-crop; docs/deepstream.md).", rich_help_panel="DeepStream")] = _EXPORT["deepstream_scaling"],
-    int8: Annotated[bool, typer.Option("--int8", help="model.onnx becomes a calibrated INT8 Q/DQ graph (model.fp32.onnx kept beside it), gated on held-out accuracy against FP32.", rich_help_panel="INT8")] = _EXPORT["int8"],
+    int8: Annotated[bool, typer.Option("--int8", help="Short for --precision int8: model.onnx becomes a calibrated INT8 Q/DQ graph (model.fp32.onnx kept beside it), gated on held-out accuracy against FP32.", rich_help_panel="INT8")] = False,
     calib: Annotated[Path | None, typer.Option(help="Calibration image folder (default: the run's tuning images, centre views).", rich_help_panel="INT8")] = _INT8["calib"],
     calib_n: Annotated[int, typer.Option(help="Calibrate on at most this many images.", rich_help_panel="INT8")] = _INT8["calib_n"],
     calib_method: Annotated[str, typer.Option(help=f"Calibrator: {' | '.join(INT8_CALIBRATORS)}.", rich_help_panel="INT8")] = _INT8["calib_method"],
@@ -175,7 +176,15 @@ def export(
     """
     from edgeprompt import api
     from edgeprompt.config import split_list
+    from edgeprompt.errors import ConfigError
 
+    shorthand = [p for p, flag in (("fp16", fp16), ("int8", int8)) if flag]
+    if len(shorthand) > 1:
+        raise ConfigError("choose --int8 or --fp16, not both: an INT8 bundle already builds its float layers in "
+                          "FP16 on TensorRT 10 (--int8 --fp16 in trtexec.sh)")
+    if shorthand and precision not in ("fp32", shorthand[0]):
+        raise ConfigError(f"--precision {precision} and --{shorthand[0]} disagree: give one of them")
+    precision = shorthand[0] if shorthand else precision
     triton_cfg = None
     if triton is not None:  # --max-batch overrides the bundle's profile only when it is given
         source_of = ctx.get_parameter_source("max_batch")
@@ -186,8 +195,8 @@ def export(
     quant = Int8Config(calib=str(calib) if calib else None, calib_n=calib_n, calib_method=calib_method,
                        quantizer=int8_quantizer, keep_float=groups, check=str(int8_check) if int8_check else None,
                        n_check=int8_check_n, min_agreement=int8_min_agreement, min_accuracy=int8_min_accuracy)
-    cfg = ExportConfig(source=str(source), out=str(out) if out else None, fp16=fp16, opset=opset, n_check=n_check,
-                       trt=trt, overwrite=overwrite, triton=triton_cfg, int8=int8, quant=quant,
+    cfg = ExportConfig(source=str(source), out=str(out) if out else None, precision=precision, opset=opset,
+                       n_check=n_check, trt=trt, overwrite=overwrite, triton=triton_cfg, quant=quant,
                        deepstream=str(deepstream) if deepstream else None, deepstream_scaling=deepstream_scaling,
                        profile=TrtProfile(min_batch, opt_batch, max_batch, workspace_mib))
     with reporter() as rep:

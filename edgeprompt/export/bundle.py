@@ -148,7 +148,7 @@ def _export(cfg: ExportConfig, run_dir: Path, out: Path, formats: list[str], rep
             files[ENGINE_FILE] = engine.pop("sha256")
         summary = onnx_summary(onnx_path)  # the traced graph (FP32 for --int8)
         settings = {
-            "precision": precision, "opset": summary["opset"],
+            "opset": summary["opset"],
             "exporter": onnx_metadata(onnx_path).get("edgeprompt.exporter"), "profile": dataclasses.asdict(cfg.profile),
             "max_batch": cfg.profile.max_batch, "n_check": cfg.n_check, "dynamic_batch": True,
             "external_data": data_files,
@@ -170,7 +170,7 @@ def _export(cfg: ExportConfig, run_dir: Path, out: Path, formats: list[str], rep
                              "note": "FP16 is in the graph (TensorRT 11 follows it; TensorRT 10 builds it typed)"}
         manifest = Manifest(kind="bundle", method=run.manifest.method, backbone=run.manifest.backbone,
                             classnames=run.manifest.classnames, preprocess=spec, logit_scale=run.manifest.logit_scale,
-                            io=io, files=files, extra=extra)
+                            io=io, precision=precision, files=files, extra=extra)
         manifest.write(tmp)
         sizes = {name: round((tmp / name).stat().st_size / 1e6, 3) for name in files}
     int8_note = "" if int8 is None else (f"; INT8 vs FP32 top-1 agreement {int8['gate']['top1_agreement']:.4f} on "

@@ -49,7 +49,7 @@ def nvinfer_config(manifest: Manifest, *, engine: bool, batch_size: int, scaling
     if OUTPUT_PROBS not in outputs:
         raise ArtifactError(f"nvinfer's classifier reads probabilities, and this graph outputs only {outputs}: "
                             f"re-export it")
-    precision = (manifest.extra.get("export") or {}).get("precision", "fp32")
+    precision = manifest.precision
     size = spec.image_size
     props = {
         "gpu-id": "0",
@@ -140,7 +140,7 @@ def write_deepstream(bundle_dir: str | Path, out: str | Path, *, batch_size: int
     props = nvinfer_config(manifest, engine=engine, batch_size=batch_size, scaling=scaling)
     final = guard_output(out, "DeepStream folder", {"the bundle": bundle}, overwrite=overwrite, flag="--deepstream")
     files = [ONNX_FILE, *(f for f in (f"{ONNX_FILE}.data", ENGINE_FILE) if (bundle / f).is_file())]
-    precision = (manifest.extra.get("export") or {}).get("precision", "fp32")
+    precision = manifest.precision
     header = (f"nvinfer classifier written by edgeprompt {__version__} from the bundle {bundle.resolve().name} "
               f"({manifest.method}, {precision} graph).\nThe graph normalises in itself: keep net-scale-factor "
               f"1/255 and offsets 0. README.md has a pipeline.")

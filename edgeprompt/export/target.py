@@ -27,20 +27,10 @@ from edgeprompt.export.tensorrt import (
     write_trtexec_script,
 )
 from edgeprompt.fileio import sha256_file
-from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, IOSpec, Manifest, read_bundle_manifest
+from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, IOSpec, read_bundle_manifest
 from edgeprompt.progress import NullReporter, Reporter
 
 log = logging.getLogger(__name__)
-
-
-def onnx_is_fp16(manifest: Manifest) -> bool:
-    """Whether the bundle's ONNX graph was exported with FP16 weights (``--fp16``)."""
-    return manifest.extra.get("export", {}).get("precision") == "fp16"
-
-
-def onnx_is_int8(manifest: Manifest) -> bool:
-    """Whether the bundle's ONNX graph is an INT8 Q/DQ graph (``--int8``)."""
-    return manifest.extra.get("export", {}).get("precision") == "int8"
 
 
 def build_engine_into(bundle_dir: str | os.PathLike[str], io: IOSpec, *, fp16: bool, onnx_fp16: bool,
@@ -121,7 +111,7 @@ def build_trt(bundle_dir: str | os.PathLike[str], *, fp16: bool = False, profile
             if name != ENGINE_FILE and (bundle_dir / name).is_file() and sha256_file(bundle_dir / name) != digest:
                 raise ArtifactError(f"{bundle_dir / name} does not match the sha256 in manifest.json: copy the "
                                     f"bundle again")
-    onnx_fp16, int8 = onnx_is_fp16(manifest), onnx_is_int8(manifest)
+    onnx_fp16, int8 = manifest.precision == "fp16", manifest.precision == "int8"
     rep.message(f"building the TensorRT engine for {bundle_dir} on this device; this can take minutes "
                 f"(a Jetson may show no output for several)")
     tick = rep.task("building TensorRT engine")

@@ -244,7 +244,7 @@ def write_repository(bundle_dir: str | Path, cfg: TritonConfig, *, overwrite: bo
         raise ArtifactError(f"class name {bad[0]!r} cannot be one line of {LABELS_FILE}: rename the class")
     max_batch, source = resolve_max_batch(manifest, platform, cfg.max_batch)
     config = model_config(manifest, final.name, platform, max_batch, cfg.queue_delay_us)
-    precision = (manifest.extra.get("export") or {}).get("precision", "fp32")
+    precision = manifest.precision
     engine = manifest.extra.get("engine") or {}
     built = f", TensorRT {engine.get('trt_version')} engine: serve it with that version" if platform == "trt" else ""
     text = (f"# Triton model written by edgeprompt {__version__} from the bundle {bundle.resolve().name} "
