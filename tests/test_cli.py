@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from edgeprompt.cli.main import app
@@ -25,7 +26,10 @@ def test_tune_with_corrupt_jpeg_text_file_and_empty_class(tiny_model, image_fold
     (image_folder / "green" / "README.txt").write_text("not an image")
     (image_folder / "purple").mkdir()
     out = tmp_path / "run"
-    res = runner.invoke(app, _tune_args(tiny_model, image_folder, out, cache_dir, "--method", "dspt", "--json"))
+    # --shots 0 uses every image, so every image is checked (a few-shot tune checks only the shots it draws:
+    # tests/test_data.py::test_sample_checked_decodes_only_the_picks_and_redraws_unreadable_ones)
+    res = runner.invoke(app, _tune_args(tiny_model, image_folder, out, cache_dir, "--method", "dspt", "--json",
+                                        "--shots", "0"))
     assert res.exit_code == 0, res.output
     assert "Traceback" not in res.output
     for name in ("broken.jpg", "README.txt", "purple"):
@@ -33,8 +37,9 @@ def test_tune_with_corrupt_jpeg_text_file_and_empty_class(tiny_model, image_fold
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["skipped_files"] == 3 and summary["classes"] == 3 and Path(summary["run_dir"]) == out
     # --strict makes the same problems fatal: one line, exit code 3 (bad data), nothing written
-    res = runner.invoke(app, _tune_args(tiny_model, image_folder, tmp_path / "strict", cache_dir, "--strict"))
-    assert res.exit_code == 3 and "Traceback" not in res.output
+    res = runner.invoke(app, _tune_args(tiny_model, image_folder, tmp_path / "strict", cache_dir, "--strict",
+                                        "--shots", "0"))
+    assert res.exit_code == 3 and "Traceback" not in res.output, res.output
     assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "strict").exists()
 
@@ -120,3 +125,30 @@ def test_export_precision_is_one_value_with_two_shorthands(tmp_path: Path, capsy
                         (["--precision", "bf16"], "--precision must be one of fp32, fp16, int8")):
         code, _, err = run_cli(["export", str(tmp_path / "run"), *args], capsys)
         assert code == 2 and words in err, err
+
+
+def test_threads_is_one_setting_for_torch_onnxruntime_and_decoding(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """``--threads N`` reaches onnxruntime's session and the DataLoader workers; a bad value is one line."""
+    import os
+    import subprocess
+    import sys
+
+    import edgeprompt
+    from edgeprompt._threads import ENV, configured
+    from edgeprompt.errors import ConfigError
+
+    code = ("import sys\nfrom edgeprompt.cli.main import app\n"
+            "app(['--threads', '1', 'models'], standalone_mode=False)\n"
+            "import os, torch\nfrom edgeprompt.train.cache import default_workers\n"
+            "print(os.environ['OMP_NUM_THREADS'], torch.get_num_threads(), default_workers())")
+    env = {k: v for k, v in os.environ.items() if k not in (ENV, "OMP_NUM_THREADS")}
+    env["PYTHONPATH"] = str(Path(edgeprompt.__file__).parents[1])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-3:] == ["1", "1", "0"]
+    monkeypatch.setenv(ENV, "2")
+    assert configured() == 2
+    monkeypatch.setenv(ENV, "two")
+    with pytest.raises(ConfigError, match="EDGEPROMPT_THREADS='two'"):
+        configured()

@@ -34,11 +34,18 @@ def _root(
                                  help="Print the version and exit."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the library's info messages."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors: no warnings, no progress."),
+    threads: int | None = typer.Option(None, "--threads", "-t", min=1, envvar="EDGEPROMPT_THREADS",
+                                       help="CPU threads for torch, onnxruntime and image decoding (default: "
+                                            "every core). Use fewer on a machine another job is using."),
 ) -> None:
     """The root options (the help text is the app's)."""
     from edgeprompt.cli import ui
 
     ui.VERBOSE, ui.QUIET = verbose, quiet and not verbose
+    if threads is not None:
+        from edgeprompt._threads import apply
+
+        apply(threads)
 commands_tune.register(app)
 commands_data.register(app)
 commands_deploy.register(app)

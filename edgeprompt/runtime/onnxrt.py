@@ -100,7 +100,8 @@ class OrtRuntime:
         model_path: ``model.onnx`` (external weights ``model.onnx.data`` are found beside it).
         io: The bundle's IOSpec; the session's input and output names must match it.
         backend: 'ort-cpu', 'ort-cuda' or 'ort-trt'.
-        threads: intra-op threads for the CPU provider (None: onnxruntime's default, all cores).
+        threads: intra-op threads for the CPU provider (None: ``--threads`` / ``$EDGEPROMPT_THREADS`` when set, else
+            onnxruntime's default, all cores).
         strict: Raise when a GPU backend silently fell back to the CPU; otherwise log a warning.
         trt_fp16: Let onnxruntime's TensorRT provider use FP16 kernels ('ort-trt' only).
         trt_cache_dir: Where that provider caches engines (default: ``ort-trt-cache`` beside the model).
@@ -124,6 +125,9 @@ class OrtRuntime:
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        from edgeprompt._threads import configured
+
+        threads = threads if threads is not None else configured()
         if threads is not None:
             opts.intra_op_num_threads = threads
         providers: list[Any] = list(PROVIDERS[backend])

@@ -135,8 +135,11 @@ class ViewDataset(torch.utils.data.Dataset):
 
 
 def default_workers() -> int:
-    """DataLoader workers for decoding: one per spare core, at most 8 (0 on a single core)."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    """DataLoader workers for decoding: one per spare core (``--threads`` counts as the cores), at most 8 (0 on a
+    single core)."""
+    from edgeprompt._threads import cores
+
+    return max(0, min(8, cores() - 1))
 
 
 class FeatureCache:

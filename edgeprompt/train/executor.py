@@ -110,7 +110,9 @@ class ProcessExecutor:
         import concurrent.futures
         import multiprocessing
 
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        from edgeprompt._threads import cores
+
+        threads = max(1, cores() // self.jobs)
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
             initializer=_set_torch_threads, initargs=(threads,))

@@ -162,7 +162,7 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
         "run_dir": str(out), "method": cfg.method, "protocol": cfg.protocol, "model": cfg.model,
         "pretrained": cfg.pretrained, "classes": few.num_classes, "n_train": len(few), "n_flipped": n_flipped,
         "noise": str(noise), "epochs": len(history), "final_loss": final.get("loss"),
-        "val_acc": final.get("val_acc"), "skipped_files": len(data.skipped), "warning": verdict,
+        "val_acc": final.get("val_acc"), "skipped_files": len(few.skipped), "warning": verdict,
         "cache": {"hits": cache.hits, "misses": cache.misses, "bytes_read": cache.store.bytes_read,
                   "bytes_used": cache.bytes_used}, "time_s": round(time.perf_counter() - t_start, 2),
     }
