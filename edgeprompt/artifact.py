@@ -102,3 +102,17 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
         method.load_trainable_state_dict(load_file(str(state_path)))
     method.to(device).eval()
     return LoadedRun(manifest, config, method, backbone)
+
+
+def read_split(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``train_split.json`` (paths are absolute; runs from before that are resolved against the CWD): the
+    one reader of that file (eval --train, the export's parity images, INT8 calibration)."""
+    path = Path(run_dir) / SPLIT_FILE
+    try:
+        split = json.loads(path.read_text())
+        ok = len(split["paths"]) == len(split["given_labels"]) == len(split["true_labels"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{path} is missing or damaged ({type(e).__name__}): re-run `edgeprompt tune`") from None
+    if not ok:
+        raise ArtifactError(f"{path} is damaged (paths and labels differ in length): re-run `edgeprompt tune`")
+    return split

@@ -243,7 +243,8 @@ def test_calibration_and_holdout_sets(tmp_path: Path) -> None:
     run.mkdir()
     (run / "train_split.json").write_text(json.dumps({
         "root": str(data), "paths": [str(p) for p in tuned],
-        "true_labels": [classes.index(p.parent.name) for p in tuned]}))
+        "true_labels": [classes.index(p.parent.name) for p in tuned],
+        "given_labels": [classes.index(p.parent.name) for p in tuned]}))
     cfg = Int8Config(calib_n=4, n_check=100)
     calib = calibration_set(run, cfg)
     assert len(calib) == 4 and calib.available == 10 and set(calib.paths) <= set(tuned)

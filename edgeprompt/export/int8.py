@@ -16,7 +16,6 @@ Workstation side: :func:`edgeprompt.export.bundle.export_run` calls it between t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -57,14 +56,14 @@ def spread(items: list[Any], n: int) -> list[Any]:
 
 
 def _split(run_dir: Path) -> dict[str, Any]:
-    from edgeprompt.artifact import SPLIT_FILE
+    from edgeprompt.artifact import read_split
+    from edgeprompt.errors import ArtifactError
 
-    path = run_dir / SPLIT_FILE
     try:
-        return dict(json.loads(path.read_text()))
-    except (OSError, ValueError) as e:
-        raise ExportError(f"{path} is missing or damaged ({type(e).__name__}): --int8 needs the run's tuning split, "
-                          f"or pass --calib DIR and --int8-check DIR") from None
+        return read_split(run_dir)
+    except ArtifactError as e:
+        raise ExportError(f"{str(e).split(': re-run')[0]}: --int8 needs the run's tuning split, or pass --calib DIR "
+                          f"and --int8-check DIR") from None
 
 
 def calibration_set(run_dir: str | os.PathLike[str], cfg: Int8Config) -> ImageSet:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeprompt.artifact import SPLIT_FILE
+from edgeprompt.artifact import SPLIT_FILE, read_split
 from edgeprompt.backbone import FrozenCLIP, tower_features
 from edgeprompt.errors import ExportError
 from edgeprompt.manifest import OUTPUT_LOGITS, OUTPUT_PROBS, IOSpec, PreprocessSpec
@@ -47,10 +47,9 @@ _ORT_TIMEOUT_S = 1800
 
 def check_image_paths(run_dir: str | os.PathLike[str], n: int) -> list[Path]:
     """Up to ``n`` existing images from the run's tuning split, spread evenly over it (so all classes show up)."""
-    split = Path(run_dir) / SPLIT_FILE
-    if not split.is_file():
+    if not (Path(run_dir) / SPLIT_FILE).is_file():
         return []
-    paths = [Path(p) for p in json.loads(split.read_text()).get("paths", [])]
+    paths = [Path(p) for p in read_split(run_dir)["paths"]]
     paths = [p for p in paths if p.is_file()]
     if len(paths) <= n:
         return paths

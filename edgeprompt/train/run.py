@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeprompt.artifact import SPLIT_FILE, load_run, run_data, save_state
+from edgeprompt.artifact import SPLIT_FILE, load_run, read_split, run_data, save_state
 from edgeprompt.backbone import create_backbone
 from edgeprompt.config import COOP_CROP, TuneConfig, resolve_tune
 from edgeprompt.data import apply_noise, load_labeled, parse_noise
@@ -231,16 +231,3 @@ def evaluate(run_dir: str | Path, test: str | Path | None = None, *, on_train: b
     if given is not None:
         report["noisy"] = noisy_train_report(pred, given, target)
     return report
-
-
-def read_split(run_dir: str | Path) -> dict[str, Any]:
-    """The run's ``train_split.json`` (paths are absolute; runs from before that are resolved against the CWD)."""
-    path = Path(run_dir) / SPLIT_FILE
-    try:
-        split = json.loads(path.read_text())
-        ok = len(split["paths"]) == len(split["given_labels"]) == len(split["true_labels"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ArtifactError(f"{path} is missing or damaged ({type(e).__name__}): re-run `edgeprompt tune`") from None
-    if not ok:
-        raise ArtifactError(f"{path} is damaged (paths and labels differ in length): re-run `edgeprompt tune`")
-    return split
