@@ -17,11 +17,7 @@ import pytest
 README = Path(__file__).parents[1] / "README.md"
 
 # a README line's first words -> options appended to it here (later options win in the CLI)
-SCALE = {
-    "edgeprompt data shapes": ["--per-class", "6"],
-    "edgeprompt tune": ["--epochs", "2"],
-    "edgeprompt audit": ["--folds", "2"],
-    "edgeprompt export runs/nlp --out bundle-int8": ["--calib-n", "32"],
+SCALE = {  # data, tuning and the INT8 gate run as written: a weaker model (fewer epochs) has near-ties INT8 flips
     "edgeprompt bench": ["--iters", "3", "--warmup", "1"],
     "edgeprompt sweep": ["--methods", "coop", "--noise", "sym:0.5", "--seeds", "1", "--epochs", "2"],
 }
