@@ -54,8 +54,8 @@ def known_problems(versions: dict[str, str | None], env: dict[str, Any]) -> list
                                f"cuda-python 13 cannot load",
                     "fix": "pip install 'cuda-python>=12,<13'"})
     typer_v = versions.get("typer")
-    if typer_v and tuple(int(p) for p in typer_v.split(".")[:2] if p.isdigit()) < (0, 12):
-        out.append({"problem": f"typer {typer_v} is older than edgeprompt needs (0.12)", "fix": "pip install -U typer"})
+    if typer_v and tuple(int(p) for p in typer_v.split(".")[:2] if p.isdigit()) < (0, 14):
+        out.append({"problem": f"typer {typer_v} is older than edgeprompt needs (0.14)", "fix": "pip install -U typer"})
     if env.get("gpus") and not versions.get("onnxruntime-gpu") and not versions.get("tensorrt"):
         out.append({"problem": "a GPU is visible but neither onnxruntime-gpu nor TensorRT is installed: bundles run "
                                "on the CPU",
