@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprompt.audit.run import audit
 from edgeprompt.config import AuditConfig, TrainConfig, TuneConfig
 from edgeprompt.data import apply_noise, load_labeled, parse_noise
-from edgeprompt.train.audit import audit
 from edgeprompt.train.run import evaluate, tune
 from edgeprompt.world import shapes
 
@@ -63,9 +63,9 @@ def baseline(paths: list[Path], given: list[int], names: tuple[str, ...], cache:
     from sklearn.model_selection import cross_val_predict
 
     from edgeprompt.backbone import create_backbone
+    from edgeprompt.features.cache import FeatureCache
     from edgeprompt.methods import create_method
     from edgeprompt.methods.base import batched_logits
-    from edgeprompt.train.cache import FeatureCache
 
     backbone = create_backbone("edgeprompt-tiny", "shapes")
     feats = FeatureCache(backbone, str(cache)).features(paths)[0]

@@ -40,7 +40,7 @@ def write_images(folder: Path, n: int, size: tuple[int, int], fmt: str) -> list[
 
 def bound_images_per_s(backbone, paths: list[Path], batch: int) -> float:  # noqa: ANN001
     """The encoder alone: every image decoded and transformed beforehand, only ``encode_image`` timed."""
-    from edgeprompt.train.cache import FeatureCache
+    from edgeprompt.features.cache import FeatureCache
 
     tf = FeatureCache(backbone, tempfile.mkdtemp(), workers=0)._eval_tf
     with torch.no_grad():
@@ -63,7 +63,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from edgeprompt.backbone import create_backbone
-    from edgeprompt.train.cache import FeatureCache
+    from edgeprompt.features.cache import FeatureCache
 
     out: dict[str, object] = {"threads": args.threads, "workers": args.workers}
     with tempfile.TemporaryDirectory() as tmp:

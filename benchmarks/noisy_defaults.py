@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from edgeprompt.config import TrainConfig, TuneConfig
+from edgeprompt.sweep.run import gain_kept
 from edgeprompt.train.run import evaluate, tune
-from edgeprompt.train.sweep import gain_kept
 from edgeprompt.world import shapes
 
 

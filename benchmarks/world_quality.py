@@ -51,7 +51,7 @@ def probe(data: Path, cache: Path, shots: int = 16, seed: int = 1) -> tuple[floa
 
     from edgeprompt.backbone import create_backbone
     from edgeprompt.data import load_labeled, sample_few_shot
-    from edgeprompt.train.cache import FeatureCache
+    from edgeprompt.features.cache import FeatureCache
 
     backbone = create_backbone(tiny.MODEL_NAME, "shapes")
     store = FeatureCache(backbone, str(cache))

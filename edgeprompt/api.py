@@ -81,8 +81,8 @@ def iter_predict_source(bundle: str | Path, source: str, *, top_k: int = 3, back
 
 
 def sweep(cfg: SweepConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Run (or resume) a noise sweep, here or on Ray (:func:`edgeprompt.train.sweep.run_sweep`)."""
-    from edgeprompt.train.sweep import run_sweep
+    """Run (or resume) a noise sweep, here or on Ray (:func:`edgeprompt.sweep.run.run_sweep`)."""
+    from edgeprompt.sweep.run import run_sweep
 
     return run_sweep(cfg, reporter)
 
@@ -107,15 +107,15 @@ def demo(out: str | Path = "edgeprompt-demo", *, reporter: Reporter | None = Non
 
 
 def audit(cfg: AuditConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Score every label of a folder or CSV and write the report (:func:`edgeprompt.train.audit.audit`)."""
-    from edgeprompt.train.audit import audit as run_audit
+    """Score every label of a folder or CSV and write the report (:func:`edgeprompt.audit.run.audit`)."""
+    from edgeprompt.audit.run import audit as run_audit
 
     return run_audit(cfg, reporter)
 
 
 def extract(cfg: ExtractConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Fill the feature cache for a dataset (:func:`edgeprompt.train.extract.extract`)."""
-    from edgeprompt.train.extract import extract as run_extract
+    """Fill the feature cache for a dataset (:func:`edgeprompt.features.extract.extract`)."""
+    from edgeprompt.features.extract import extract as run_extract
 
     return run_extract(cfg, reporter)
 

@@ -318,3 +318,16 @@ def cosine_logits(image_features: torch.Tensor, text_features: torch.Tensor, sca
     if txt.dim() == 3:
         return scale * torch.einsum("be,bce->bc", img, txt)
     return scale * img @ txt.t()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The one device resolver: ``auto`` (CUDA when a GPU is visible, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        ConfigError: a CUDA device was asked for and no GPU is visible.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for but no CUDA GPU is visible: use --device cpu")
+    return torch.device(name)

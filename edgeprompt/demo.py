@@ -2,7 +2,7 @@
 
 Zero-shot CLIP (the prior), CoOp on clean labels (what tuning can gain), CoOp at 50 % symmetric noise (what noise
 does to cross-entropy), DSPT, NLPrompt and VisPrompt at the same noise (what robustness keeps, as the share of the
-clean gain each keeps: :func:`edgeprompt.train.sweep.gain_kept`); then the run of the method recommended for noisy
+clean gain each keeps: :func:`edgeprompt.sweep.run.gain_kept`); then the run of the method recommended for noisy
 labels (``config.RECOMMENDED_NOISY_METHOD``) is
 exported to ONNX and the bundle is checked on the test split with the torch-free runtime. It composes the other
 commands' library functions and adds no logic of its own.
@@ -73,7 +73,7 @@ def run_demo(out: str | Path = "edgeprompt-demo", *, noise: str = "sym:0.5", sho
                      "test_top1": test["top1"], "train_acc_clean": noisy["acc_clean"],
                      "flipped_memorized": noisy["memorized_flipped"], "n_train": res["n_train"],
                      "n_flipped": res["n_flipped"], "tune_s": res["time_s"]})
-    from edgeprompt.train.sweep import gain_kept
+    from edgeprompt.sweep.run import gain_kept
 
     zs = next(r["test_top1"] for r in rows if r["method"] == "zeroshot")
     clean = next(r["test_top1"] for r in rows if r["method"] == "coop" and r["noise"] == "none")

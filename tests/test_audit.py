@@ -26,7 +26,7 @@ def _cfg(data: Path, out: Path, model: str, cache: Path, **kw: object) -> AuditC
 
 
 def test_stratified_folds_balance_every_class() -> None:
-    from edgeprompt.train.audit import stratified_folds
+    from edgeprompt.audit.run import stratified_folds
 
     labels = np.repeat([0, 1, 2], [7, 4, 9])
     folds = stratified_folds(labels, 3, seed=0)
@@ -38,12 +38,12 @@ def test_stratified_folds_balance_every_class() -> None:
 
 def test_a_samples_own_label_never_shapes_its_score(tiny_model: str, tmp_path: Path, cache_dir: Path) -> None:
     """Out of sample: flip one sample's given label and its probabilities stay exactly the same."""
+    from edgeprompt.audit.run import Features, out_of_sample_probs, stratified_folds
     from edgeprompt.backbone import create_backbone
     from edgeprompt.config import TrainConfig
     from edgeprompt.data import load_labeled
+    from edgeprompt.features.cache import AugmentSpec, FeatureCache
     from edgeprompt.progress import NullReporter
-    from edgeprompt.train.audit import Features, out_of_sample_probs, stratified_folds
-    from edgeprompt.train.cache import AugmentSpec, FeatureCache
 
     data = load_labeled(make_folder(tmp_path / "d", per_class=4))
     bb = create_backbone(tiny_model, "none")
@@ -65,7 +65,7 @@ def test_a_samples_own_label_never_shapes_its_score(tiny_model: str, tmp_path: P
 
 
 def test_confident_learning_finds_planted_flips() -> None:
-    from edgeprompt.train.audit import confident_learning
+    from edgeprompt.audit.run import confident_learning
 
     rng = np.random.default_rng(0)
     true = np.repeat(np.arange(4), 50)
@@ -81,8 +81,8 @@ def test_confident_learning_finds_planted_flips() -> None:
 
 
 def test_audit_report_fixed_manifest_and_untouched_data(tiny_model: str, tmp_path: Path, cache_dir: Path) -> None:
+    from edgeprompt.audit.run import audit
     from edgeprompt.config import TrainConfig, TuneConfig
-    from edgeprompt.train.audit import audit
     from edgeprompt.train.run import tune
 
     data = make_folder(tmp_path / "d", per_class=6)
@@ -139,7 +139,7 @@ def test_audit_cli_on_real_looking_problems(tiny_model: str, tmp_path: Path, cac
 def test_probe_scores_are_out_of_sample_and_the_audit_knows_its_strength() -> None:
     import torch
 
-    from edgeprompt.train.audit import Features, probe_agreement, probe_probs, self_assessment, stratified_folds
+    from edgeprompt.audit.run import Features, probe_agreement, probe_probs, self_assessment, stratified_folds
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((4, 16)) * 3

@@ -21,7 +21,7 @@ def _paths(folder: Path) -> list[Path]:
 
 def test_shards_from_several_writers_read_as_one_cache(tiny_backbone, tmp_path: Path) -> None:  # noqa: ANN001
     from edgeprompt.config import parse_shard
-    from edgeprompt.train.cache import AugmentSpec, FeatureCache
+    from edgeprompt.features.cache import AugmentSpec, FeatureCache
 
     paths = _paths(make_folder(tmp_path / "d", per_class=6))
     aug = AugmentSpec(views=2, scale=(0.5, 1.0))
@@ -48,8 +48,8 @@ def test_shards_from_several_writers_read_as_one_cache(tiny_backbone, tmp_path: 
 
 def test_warm_cache_does_not_rehash_and_notices_changes(tiny_backbone, tmp_path: Path,  # noqa: ANN001
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgeprompt.train.shards as shards
-    from edgeprompt.train.cache import FeatureCache
+    import edgeprompt.features.shards as shards
+    from edgeprompt.features.cache import FeatureCache
 
     paths = _paths(make_folder(tmp_path / "d", per_class=3))
     first, _ = FeatureCache(tiny_backbone, tmp_path / "c", workers=0).features(paths)
@@ -71,7 +71,7 @@ def test_warm_cache_does_not_rehash_and_notices_changes(tiny_backbone, tmp_path:
 
 
 def test_damaged_shard_is_recomputed_and_tokens_are_cached_apart(tiny_backbone, tmp_path: Path) -> None:  # noqa: ANN001
-    from edgeprompt.train.cache import FeatureCache
+    from edgeprompt.features.cache import FeatureCache
 
     paths = _paths(make_folder(tmp_path / "d", per_class=2))
     cache = FeatureCache(tiny_backbone, tmp_path / "c", workers=0)
@@ -88,7 +88,7 @@ def test_damaged_shard_is_recomputed_and_tokens_are_cached_apart(tiny_backbone, 
 
 def test_extract_command_fills_the_cache_for_tune(tiny_model: str, tmp_path: Path) -> None:
     from edgeprompt.config import ExtractConfig, TrainConfig, TuneConfig
-    from edgeprompt.train.extract import extract
+    from edgeprompt.features.extract import extract
     from edgeprompt.train.run import tune
 
     data = make_folder(tmp_path / "d", per_class=4)
@@ -107,7 +107,7 @@ def test_a_damaged_cache_heals(tiny_backbone, image_folder, tmp_path, caplog) ->
     """A foreign freshness table is rebuilt, a damaged shard is removed and recomputed, each with one warning."""
     import logging
 
-    from edgeprompt.train.cache import FeatureCache
+    from edgeprompt.features.cache import FeatureCache
 
     cache = FeatureCache(tiny_backbone, tmp_path / "c")
     paths = sorted(image_folder.rglob("*.png"))
@@ -130,7 +130,7 @@ def test_a_damaged_cache_heals(tiny_backbone, image_folder, tmp_path, caplog) ->
 def test_shard_reads_touch_only_the_rows_asked_and_old_npz_shards_still_read(tmp_path: Path) -> None:
     import io
 
-    from edgeprompt.train.shards import ShardStore
+    from edgeprompt.features.shards import ShardStore
 
     rng = np.random.default_rng(0)
     pooled = rng.standard_normal((100, 8)).astype(np.float32)
@@ -158,10 +158,10 @@ def test_shard_reads_touch_only_the_rows_asked_and_old_npz_shards_still_read(tmp
 
 
 def test_an_extract_rank_checks_and_hashes_only_its_share(tiny_model: str, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    import edgeprompt.train.shards as shards
+    import edgeprompt.features.shards as shards
     from edgeprompt.config import ExtractConfig
     from edgeprompt.data import folder as folder_mod
-    from edgeprompt.train.extract import extract, path_rank
+    from edgeprompt.features.extract import extract, path_rank
 
     data = make_folder(tmp_path / "d", per_class=6)
     hashed: list[str] = []

@@ -139,7 +139,7 @@ def test_threads_is_one_setting_for_torch_onnxruntime_and_decoding(tmp_path: Pat
 
     code = ("import sys\nfrom edgeprompt.cli.main import app\n"
             "app(['--threads', '1', 'models'], standalone_mode=False)\n"
-            "import os, torch\nfrom edgeprompt.train.cache import default_workers\n"
+            "import os, torch\nfrom edgeprompt.features.cache import default_workers\n"
             "print(os.environ['OMP_NUM_THREADS'], torch.get_num_threads(), default_workers())")
     env = {k: v for k, v in os.environ.items() if k not in (ENV, "OMP_NUM_THREADS")}
     env["PYTHONPATH"] = str(Path(edgeprompt.__file__).parents[1])

@@ -423,7 +423,7 @@ def test_row01_export_over_its_own_run_is_refused(world: dict[str, Path], capsys
 def test_row02_sweep_rerun_with_other_settings_computes_new_cells(tiny_model: str, image_folder: Path,
                                                                   cache_dir: Path, tmp_path: Path) -> None:
     from edgeprompt.config import SweepConfig
-    from edgeprompt.train.sweep import run_sweep
+    from edgeprompt.sweep.run import run_sweep
 
     base = dict(train=str(image_folder), test=str(image_folder), out=str(tmp_path / "s"), methods=("coop",),
                 noise=("sym:0",), shots=2, seeds=1, model=tiny_model, pretrained="none", views=1,

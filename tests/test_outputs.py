@@ -111,7 +111,7 @@ def test_overwrite_through_a_symbolic_link_keeps_the_link(tuned: dict[str, Path]
 
 def test_a_cache_inside_the_data_is_refused_everywhere(tuned: dict[str, Path], tiny_model: str) -> None:
     from edgeprompt.config import ExtractConfig
-    from edgeprompt.train.extract import extract
+    from edgeprompt.features.extract import extract
     from edgeprompt.train.run import evaluate
 
     inside = str(tuned["data"] / "features")

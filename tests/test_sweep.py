@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgeprompt.errors import ConfigError
-from edgeprompt.train import sweep as sw
+from edgeprompt.sweep import run as sw
 
 
 def test_noise_groups_and_cells() -> None:

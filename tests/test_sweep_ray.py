@@ -17,7 +17,7 @@ import pytest
 
 from edgeprompt.config import SweepConfig
 from edgeprompt.errors import ConfigError, MissingDependencyError
-from edgeprompt.train import executor as ex
+from edgeprompt.sweep import executor as ex
 
 
 def _cells(out: Path) -> dict[str, dict[str, Any]]:
@@ -38,7 +38,7 @@ def test_executor_settings_are_checked_where_they_enter() -> None:
 
 def test_missing_ray_names_the_extra_before_anything_is_written(monkeypatch: pytest.MonkeyPatch,
                                                                  tmp_path: Path) -> None:
-    from edgeprompt.train.sweep import run_sweep
+    from edgeprompt.sweep.run import run_sweep
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     data = tmp_path / "data"

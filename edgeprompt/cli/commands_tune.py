@@ -176,7 +176,7 @@ def sweep(
     """
     from edgeprompt import api
     from edgeprompt.config import split_list
-    from edgeprompt.train.sweep import markdown
+    from edgeprompt.sweep.run import markdown
 
     per_method: dict[str, dict[str, Any]] = {}
     for key, value in parse_options(opt or []).items():

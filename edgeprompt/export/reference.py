@@ -23,6 +23,7 @@ class TorchRuntime:
 
     def __init__(self, bundle_dir: str | os.PathLike[str], device: str | None = None) -> None:
         from edgeprompt.artifact import load_run
+        from edgeprompt.backbone import resolve_device
         from edgeprompt.export.graph import build_graph
 
         manifest = Manifest.read(bundle_dir)
@@ -30,7 +31,7 @@ class TorchRuntime:
         if not source or not Path(source).is_dir():
             raise ArtifactError(f"the torch backend needs the bundle's source run directory ({source}), which is "
                                 f"not here: benchmark torch on the workstation that exported it")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device or "auto")
         run = load_run(source, device=str(self.device))
         self.graph = build_graph(run.backbone, run.method, manifest.preprocess).to(self.device).eval()
         self.io: IOSpec = manifest.io  # type: ignore[assignment]

@@ -19,20 +19,20 @@ import numpy as np
 import torch
 
 from edgeprompt.artifact import SPLIT_FILE, load_run, read_split, run_data, save_state
-from edgeprompt.backbone import create_backbone
+from edgeprompt.backbone import create_backbone, resolve_device
 from edgeprompt.config import COOP_CROP, TuneConfig, resolve_tune
 from edgeprompt.data import apply_noise, load_labeled, parse_noise
 from edgeprompt.data.fewshot import sample_checked
 from edgeprompt.data.folder import LabeledSet, image_side, match_classes
 from edgeprompt.errors import ArtifactError, ConfigError
+from edgeprompt.features.cache import AugmentSpec, FeatureCache, check_cache_dir, image_checks
 from edgeprompt.fileio import atomic_write_json, guard_output, output_lock, replace_dir
 from edgeprompt.manifest import Manifest
 from edgeprompt.methods import create_method
 from edgeprompt.methods.base import batched_logits, build_config, method_config_class
 from edgeprompt.progress import NullReporter, Reporter
-from edgeprompt.train.cache import AugmentSpec, FeatureCache, check_cache_dir, image_checks
 from edgeprompt.train.evaluate import classification_report, noisy_train_report
-from edgeprompt.train.trainer import EvalSet, TrainSet, fit, resolve_device
+from edgeprompt.train.trainer import EvalSet, TrainSet, fit
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def evaluate(run_dir: str | Path, test: str | Path | None = None, *, on_train: b
     if (test is None) == (not on_train):
         raise ConfigError("pass a TEST_DIR, or --train to evaluate on the run's tuning samples (not both)")
     check_cache_dir(cache_dir, {"the test data": test, **run_data(run_dir)})
-    run = load_run(run_dir, device="cuda" if torch.cuda.is_available() else "cpu")
+    run = load_run(run_dir, device=str(resolve_device("auto")))
     classnames = list(run.manifest.classnames)
     given = None
     if on_train:

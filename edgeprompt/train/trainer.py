@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from edgeprompt.backbone import resolve_device
 from edgeprompt.config import TrainConfig
 from edgeprompt.fileio import atomic_write_bytes
 from edgeprompt.methods.base import FeatureBatch, PromptMethod, batched_logits
@@ -47,16 +48,6 @@ class EvalSet:
     pooled: torch.Tensor
     labels: torch.Tensor
     tokens: torch.Tensor | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from edgeprompt.errors import ConfigError
-
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
-    return torch.device(name)
 
 
 def lr_at(epoch: int, cfg: TrainConfig) -> float:

@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeprompt.backbone import create_backbone
+from edgeprompt.backbone import create_backbone, resolve_device
 from edgeprompt.config import COOP_CROP, SMALL_IMAGE_CROP, SMALL_IMAGE_SIDE, ExtractConfig, parse_shard
 from edgeprompt.data import load_labeled
 from edgeprompt.data.folder import image_side
+from edgeprompt.features.cache import AugmentSpec, FeatureCache, check_cache_dir, image_checks
 from edgeprompt.progress import NullReporter, Reporter
-from edgeprompt.train.cache import AugmentSpec, FeatureCache, check_cache_dir, image_checks
-from edgeprompt.train.trainer import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -21,17 +21,17 @@ import numpy as np
 import torch
 
 from edgeprompt.artifact import run_data
-from edgeprompt.backbone import create_backbone
+from edgeprompt.backbone import create_backbone, resolve_device
 from edgeprompt.config import AuditConfig, TrainConfig, resolve_tune
 from edgeprompt.data import load_labeled
 from edgeprompt.data.folder import LabeledSet, image_side
 from edgeprompt.errors import ConfigError, MissingDependencyError
+from edgeprompt.features.cache import AugmentSpec, FeatureCache, check_cache_dir, image_checks
 from edgeprompt.fileio import check_not_inside, check_writable_parent, guard_output, output_lock
 from edgeprompt.methods import create_method
 from edgeprompt.methods.base import batched_logits, build_config, method_config_class
 from edgeprompt.progress import NullReporter, Reporter
-from edgeprompt.train.cache import AugmentSpec, FeatureCache, check_cache_dir, image_checks
-from edgeprompt.train.trainer import TrainSet, fit, resolve_device
+from edgeprompt.train.trainer import TrainSet, fit
 
 
 def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -214,7 +214,7 @@ def audit(cfg: AuditConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         The summary: sample and class counts, estimated noise rate, flagged count, the top issues, the noise
         matrix, file paths, time.
     """
-    from edgeprompt.train.audit_report import write_report
+    from edgeprompt.audit.report import write_report
 
     rep = reporter or NullReporter()
     t0 = time.perf_counter()

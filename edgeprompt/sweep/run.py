@@ -14,7 +14,7 @@ Layout of ``OUT``::
 
 Zero-shot trains nothing and sees no labels, so it is evaluated once per seed and drawn as the reference line.
 Cells run one after another here, or in parallel as Ray tasks (``--ray``); either way the driver writes each cell's
-file as it finishes, so the same files, resume and results (:mod:`edgeprompt.train.executor`, docs/scale-out.md).
+file as it finishes, so the same files, resume and results (:mod:`edgeprompt.sweep.executor`, docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from typing import Any
 from edgeprompt.config import PROTOCOLS, SweepConfig, TrainConfig, TuneConfig, default_lr
 from edgeprompt.data.noise import parse_noise
 from edgeprompt.errors import ConfigError
+from edgeprompt.features.cache import check_cache_dir
 from edgeprompt.fileio import atomic_write_json, atomic_write_text, guard_output, lock_path, output_lock
 from edgeprompt.progress import NullReporter, Reporter
+from edgeprompt.sweep.executor import make_executor
 from edgeprompt.tables import csv, markdown_table
 from edgeprompt.train import run as pipeline
-from edgeprompt.train.cache import check_cache_dir
-from edgeprompt.train.executor import make_executor
 
 NOISE_GROUP_KINDS = ("sym", "asym")
 
@@ -173,7 +173,7 @@ def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None) -> dict[str, A
     """Run (or resume) the sweep; returns the summary and writes tables and plots into ``cfg.out``.
 
     A cell already computed under the same settings (its key) is read back, any other is computed by the executor
-    (here, or as Ray tasks: :mod:`edgeprompt.train.executor`) and written as soon as it finishes; cells of earlier
+    (here, or as Ray tasks: :mod:`edgeprompt.sweep.executor`) and written as soon as it finishes; cells of earlier
     sweeps with other settings stay on disk but never enter the tables.
     """
     rep = reporter or NullReporter()

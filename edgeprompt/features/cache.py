@@ -3,7 +3,7 @@
 Prompt tuning never changes the image encoder, so its outputs are computed once and reused across methods,
 noise rates and seeds. An entry is keyed by the backbone (name + weights hash), the transform (eval, or the
 augmentation recipe with V and its seed) and the image file's content hash, and lives in a shard of many images
-(:mod:`edgeprompt.train.shards`): ``<cache_dir>/features-v2/<backbone key>/shards/<transform key>/*.npz``. A file's
+(:mod:`edgeprompt.features.shards`): ``<cache_dir>/features-v2/<backbone key>/shards/<transform key>/*.npz``. A file's
 content hash is recomputed only when its size or modification time changed.
 
 Extraction at dataset scale: images are decoded and augmented by DataLoader workers while the main process
@@ -32,8 +32,8 @@ import torch
 from edgeprompt.backbone import FrozenCLIP
 from edgeprompt.data.folder import ImageChecks
 from edgeprompt.errors import ConfigError
+from edgeprompt.features.shards import FileHashes, ShardStore
 from edgeprompt.fileio import atomic_write_bytes
-from edgeprompt.train.shards import FileHashes, ShardStore
 
 Progress = Callable[..., None]  # tick(done, total, **fields), as edgeprompt.progress.Reporter.task returns
 
