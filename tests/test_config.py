@@ -66,7 +66,8 @@ def test_protocols_resolve_epochs_context_and_crop() -> None:
 
 
 def test_cli_defaults_come_from_the_configs() -> None:
-    from edgeprompt.cli import commands_deploy, commands_tune
+    from edgeprompt.cli import deploy as commands_deploy
+    from edgeprompt.cli import tune as commands_tune
 
     def default(fn: object, name: str) -> object:
         return inspect.signature(fn).parameters[name].default  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from edgeprompt.cli import commands_data, commands_deploy, commands_tune
+from edgeprompt.cli import deploy, info, start, tune
 from edgeprompt.cli.ui import EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -46,9 +46,10 @@ def _root(
         from edgeprompt._threads import apply
 
         apply(threads)
-commands_tune.register(app)
-commands_data.register(app)
-commands_deploy.register(app)
+start.register(app)
+tune.register(app)
+deploy.register(app)
+info.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

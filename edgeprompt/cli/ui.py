@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -229,3 +229,24 @@ def fmt(v: Any) -> str:
 
 def pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
+
+
+JSON = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+
+PROTOCOL_HELP = "default (context starts from the zero-shot template) | paper (16 random tokens, 200 epochs)."
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` method options; values are parsed as JSON when they can be (numbers, true/false)."""
+    from edgeprompt.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--opt {item!r}: expected KEY=VALUE, e.g. --opt n_ctx=4")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out

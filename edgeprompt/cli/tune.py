@@ -1,44 +1,32 @@
-"""Workstation commands: tune, eval, models, data. Each parses options, calls one api function, renders."""
+"""``edgeprompt tune``, ``eval``, ``sweep``, ``classes``, ``audit`` and ``extract``: the workstation verbs.
+
+Each parses its options into a config, calls one api function and renders the result."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from edgeprompt.cli.ui import command, emit, pct, reporter, table
-from edgeprompt.config import SweepConfig, TrainConfig, TuneConfig, defaults
+from edgeprompt.cli.ui import JSON, PROTOCOL_HELP, command, emit, parse_options, pct, reporter, table
+from edgeprompt.config import (
+    AuditConfig,
+    ExtractConfig,
+    SweepConfig,
+    TrainConfig,
+    TuneConfig,
+    defaults,
+)
 
-JSON = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
-
-
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` method options; values are parsed as JSON when they can be (numbers, true/false)."""
-    from edgeprompt.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in pairs:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--opt {item!r}: expected KEY=VALUE, e.g. --opt n_ctx=4")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+_TUNE = defaults(TuneConfig)
+_TRAIN = TrainConfig()
+_SWEEP = defaults(SweepConfig)
 
 
 def _render_tune(r: dict[str, Any]) -> None:
     rows = [[k, v] for k, v in r.items() if k not in ("cache",)]
     table(f"tuned {r['method']} -> {r['run_dir']}", ["name", "value"], rows)
-
-
-_TUNE = defaults(TuneConfig)
-_TRAIN = TrainConfig()
-_SWEEP = defaults(SweepConfig)
-PROTOCOL_HELP = "default (context starts from the zero-shot template) | paper (16 random tokens, 200 epochs)."
 
 
 def tune(
@@ -126,23 +114,6 @@ def evaluate(
     emit(result, as_json, _render_eval)
 
 
-def models(as_json: JSON = False, all_models: Annotated[bool, typer.Option("--all", help="List every open_clip model, also those without known weights.")] = False) -> None:
-    """List the methods (with their options) and the backbones (open_clip models and pretrained tags)."""
-    from edgeprompt import api
-
-    result = api.models()
-    if not all_models:
-        result["backbones"] = {k: v for k, v in result["backbones"].items() if v}
-
-    def render(r: dict[str, Any]) -> None:
-        table("methods", ["method", "description", "options"],
-              [[k, v["help"], ", ".join(f"{o}={d!r}" for o, d in v["options"].items())] for k, v in r["methods"].items()])
-        table("backbones (--model / --pretrained)", ["name", "pretrained tags"],
-              [[k, ", ".join(v)] for k, v in sorted(r["backbones"].items())])
-
-    emit(result, as_json, render)
-
-
 def sweep(
     train: Annotated[Path, typer.Argument(help="Labeled training folder (few-shot subsets are drawn from it).")],
     test: Annotated[Path, typer.Option("--test", help="Clean labeled test folder.")],
@@ -205,63 +176,6 @@ def sweep(
     emit(result, as_json, render)
 
 
-data_app = typer.Typer(help="Generate datasets: the offline shapes world.", no_args_is_help=True)
-
-
-@data_app.command("shapes")
-@command
-def data_shapes(
-    out: Annotated[Path, typer.Argument(help="Folder to create: OUT/train, OUT/val, OUT/test (labeled PNG folders).")],
-    task: Annotated[str, typer.Option(help="shape | color | shape-color.")] = "shape",
-    per_class: Annotated[int, typer.Option(help="Training images per class (val and test sizes are fixed).")] = 32,
-    domain: Annotated[str, typer.Option(help="downstream (shifted, renamed classes) | pretrain.")] = "downstream",
-    seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same bytes.")] = 0,
-    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
-    as_json: JSON = False,
-) -> None:
-    """Procedural labeled images (shapes, colours, textures) for offline tuning, tests and benchmarks."""
-    from edgeprompt import api
-
-    with reporter() as rep:
-        result = api.data_shapes(out, task=task, per_class=per_class, domain=domain, seed=seed,
-                                 image_size=image_size, overwrite=overwrite, reporter=rep)
-    emit(result, as_json, lambda r: table(f"wrote {out}", ["name", "value"],
-                                          [[k, v] for k, v in r.items() if not isinstance(v, (list, dict))]))
-
-
-def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Working folder (data, runs, bundle).")] = Path("edgeprompt-demo"),
-    noise: Annotated[str, typer.Option(help="Label noise of the noisy rows.")] = "sym:0.5",
-    shots: Annotated[int, typer.Option(help="Samples per class.")] = 16,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per method (default: the default protocol's).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    export: Annotated[bool, typer.Option("--export/--no-export", help="Export the run of the method recommended for noisy labels and check the bundle.")] = True,
-    as_json: JSON = False,
-) -> None:
-    """The whole story offline on the shipped tiny CLIP: zero-shot, CoOp clean and noisy, DSPT, NLPrompt and
-    VisPrompt, export."""
-    from edgeprompt import api
-
-    with reporter() as rep:
-        result = api.demo(out, noise=noise, shots=shots, epochs=epochs, seed=seed, export=export, reporter=rep)
-
-    def render(r: dict[str, Any]) -> None:
-        table(demo_caption(r), ["method", "labels", "test top-1 %", "gain kept %", "tuning acc, clean %",
-                                "flipped memorised %", "tune s"],
-              [[x["label"], x["noise"], pct(x["test_top1"]), pct(x["gain_kept"]), pct(x["train_acc_clean"]),
-                pct(x["flipped_memorized"]), x["tune_s"]] for x in r["rows"]])
-        ex = r.get("export")
-        if ex and "skipped" not in ex:
-            print(f"exported {ex['method']} -> {ex['bundle']}: {ex['backend']} test top-1 {pct(ex['bundle_test_top1'])} % "
-                  f"(torch {pct(ex['torch_test_top1'])} %)")
-        elif ex:
-            print(f"export skipped: {ex['skipped']}")
-        print(f"done in {r['time_s']} s; everything is in {r['out']}/")
-
-    emit(result, as_json, render)
-
-
 def classes(
     run: Annotated[Path, typer.Argument(help="A tuned run directory (shared context: zeroshot, coop, dspt, nlprompt).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The changed run directory to create.")],
@@ -282,31 +196,98 @@ def classes(
                                           f" added {r['added'] or 'none'}, removed {r['removed'] or 'none'}"))
 
 
-def demo_caption(r: dict[str, Any]) -> str:
-    """What the demo's table shows, said from its own numbers (never a fixed claim)."""
-    rows = r["rows"]
-    zs = next(x for x in rows if x["method"] == "zeroshot")
-    clean = next(x for x in rows if x["method"] == "coop" and x["noise"] == "none")
-    noisy = [x for x in rows if x["noise"] != "none"]
-    ce = next((x for x in noisy if x["method"] == "coop"), None)
-    robust = [x for x in noisy if x["method"] != "coop" and x["gain_kept"] is not None]
-    best = max(robust, key=lambda x: x["gain_kept"], default=None)
-    text = (f"Clean test top-1 on the shapes world ({len(r['classes'])} classes, {clean['n_train']} tuning images). "
-            f"Tuning on clean labels gains {100 * (clean['test_top1'] - zs['test_top1']):+.1f} points over zero-shot")
-    if ce is not None and ce["gain_kept"] is not None:
-        text += (f"; at {r['noise']} ({ce['n_flipped']} labels flipped) CoOp's cross-entropy keeps "
-                 f"{100 * ce['gain_kept']:.0f} % of that gain")
-    if best is not None:
-        text += f", {best['label']} keeps {100 * best['gain_kept']:.0f} %"
-    return text + " (gain kept: (top-1 - zero-shot) / (clean CoOp - zero-shot))."
+_AUDIT = defaults(AuditConfig)
+
+
+_EXTRACT = defaults(ExtractConfig)
+
+
+def audit(
+    train: Annotated[Path, typer.Argument(help="Labeled folder (root/<class>/images) or CSV manifest whose labels to check (never modified).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder to create (issues.csv, audit.json, report.md, pictures).")],
+    run: Annotated[Path | None, typer.Option(help="Reuse a tuned run's backbone, method and options (re-fitted per fold, so scores stay out of sample).")] = None,
+    scorer: Annotated[str, typer.Option(help="The out-of-sample classifier: probe (logistic regression on the frozen features, the default) | prompt (--method tuned per fold).")] = _AUDIT["scorer"],
+    probe_c: Annotated[float, typer.Option(help="The probe's inverse regularisation strength (scikit-learn's C).")] = _AUDIT["probe_c"],
+    method: Annotated[str, typer.Option("--method", "-m", help="With --scorer prompt: the robust prompt tuned on the other folds.")] = _AUDIT["method"],
+    opt: Annotated[list[str] | None, typer.Option("--opt", help="A method option as KEY=VALUE (repeatable).")] = None,
+    protocol: Annotated[str, typer.Option(help=PROTOCOL_HELP)] = _AUDIT["protocol"],
+    folds: Annotated[int, typer.Option(help="K of the K-fold cross-fitting (each sample is scored by a prompt that never saw it).")] = _AUDIT["folds"],
+    epochs: Annotated[int | None, typer.Option(help="Epochs per fold (default: the protocol's).")] = None,
+    prior_weight: Annotated[float, typer.Option(help="Weight of the zero-shot prior mixed with the fold predictions.")] = _AUDIT["prior_weight"],
+    write_fixed: Annotated[Path | None, typer.Option(help="Write a corrected path,label CSV here (flagged samples relabelled or dropped).")] = None,
+    relabel_threshold: Annotated[float, typer.Option(help="With --write-fixed: relabel a flagged sample when its suggestion is at least this probable, else drop it.")] = _AUDIT["relabel_threshold"],
+    drop: Annotated[bool, typer.Option("--drop", help="With --write-fixed: drop every flagged sample instead of relabelling.")] = False,
+    force_fixed: Annotated[bool, typer.Option("--force-fixed", help="Write --write-fixed even when the audit finds its classifier too weak to judge the labels.")] = False,
+    model: Annotated[str, typer.Option(help="open_clip model name.")] = _AUDIT["model"],
+    pretrained: Annotated[str, typer.Option(help="Pretrained tag, checkpoint path, or 'shapes'.")] = _AUDIT["pretrained"],
+    top: Annotated[int, typer.Option(help="Suspects on the contact sheet.")] = _AUDIT["top"],
+    seed: Annotated[int, typer.Option(help="Seed of the folds and the tuning.")] = _AUDIT["seed"],
+    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache directory.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing report (and --write-fixed file).")] = False,
+    as_json: JSON = False,
+) -> None:
+    """Find the labels that are likely wrong, suggest the right ones, estimate the noise rate and noise matrix.
+
+    Example: edgeprompt audit data/train --out audit --write-fixed fixed.csv  then  edgeprompt tune fixed.csv --out runs/r
+    """
+    from edgeprompt import api
+
+    cfg = AuditConfig(train=str(train), out=str(out), run=str(run) if run else None, method=method,
+                      method_options=parse_options(opt or []), protocol=protocol, folds=folds, epochs=epochs,
+                      prior_weight=prior_weight, write_fixed=str(write_fixed) if write_fixed else None,
+                      relabel_threshold=relabel_threshold, drop=drop, force_fixed=force_fixed, scorer=scorer,
+                      probe_c=probe_c, model=model, pretrained=pretrained, top=top,
+                      seed=seed, cache_dir=str(cache_dir) if cache_dir else None, overwrite=overwrite)
+    with reporter() as rep:
+        result = api.audit(cfg, rep)
+
+    def render(r: dict[str, Any]) -> None:
+        table(f"{r['n']} labels, {len(r['classes'])} classes: {r['verdict']} (most likely wrong first)",
+              ["name", "given", "suggested", "p", "score"],
+              [[Path(x["path"]).name, x["given"], x["suggested"], x["suggested_prob"], x["score"]]
+               for x in r["top_issues"]])
+        if r.get("fixed"):
+            f = r["fixed"]
+            print(f"wrote {f['file']}: {f['rows']} rows, {f['relabelled']} relabelled, {f['dropped']} dropped")
+        print(f"report: {out}/report.md")
+
+    emit(result, as_json, render)
+
+
+def extract(
+    data: Annotated[Path, typer.Argument(help="Labeled folder or CSV manifest whose features to compute.")],
+    model: Annotated[str, typer.Option(help="open_clip model name.")] = _EXTRACT["model"],
+    pretrained: Annotated[str, typer.Option(help="Pretrained tag, checkpoint path, or 'shapes'.")] = _EXTRACT["pretrained"],
+    views: Annotated[int, typer.Option(help="Augmented views per image (0: only the centre view); use tune's --views.")] = _EXTRACT["views"],
+    crop_scale: Annotated[float | None, typer.Option(help="Smallest crop area of the views (default: by image size, as tune).")] = None,
+    tokens: Annotated[bool, typer.Option("--tokens", help="Also cache patch tokens (VisPrompt).")] = False,
+    shard: Annotated[str | None, typer.Option(help="This process's part, i/n (default: torchrun's RANK/WORLD_SIZE, else all).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding workers (default: one per spare core, at most 8).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per encoder call.")] = _EXTRACT["batch_size"],
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK).")] = _EXTRACT["device"],
+    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache directory (share it between processes).")] = None,
+    as_json: JSON = False,
+) -> None:
+    """Compute a dataset's frozen features into the cache ahead of tuning, split across processes or GPUs.
+
+    Example: torchrun --nproc-per-node 4 -m edgeprompt.cli.main extract data/train --model ViT-B-16 --pretrained openai
+    """
+    from edgeprompt import api
+
+    cfg = ExtractConfig(data=str(data), model=model, pretrained=pretrained, views=views, crop_scale=crop_scale,
+                        tokens=tokens, shard=shard, workers=workers, batch_size=batch_size, device=device,
+                        cache_dir=str(cache_dir) if cache_dir else None)
+    with reporter() as rep:
+        result = api.extract(cfg, rep)
+    emit(result, as_json, lambda r: table(f"features of {r['data']} (shard {r['shard']})", ["name", "value"],
+                                          [[k, v] for k, v in r.items() if not isinstance(v, (dict, list))]))
 
 
 def register(app: typer.Typer) -> None:
-    """Attach the workstation commands to ``app``."""
-    app.command(rich_help_panel="Start here")(command(demo))
-    app.add_typer(data_app, name="data", rich_help_panel="Start here")
+    """Add this module's verbs to the app."""
     app.command(rich_help_panel="Tune")(command(tune))
     app.command("eval", rich_help_panel="Tune")(command(evaluate))
     app.command(rich_help_panel="Tune")(command(sweep))
     app.command(rich_help_panel="Tune")(command(classes))
-    app.command(rich_help_panel="Info")(command(models))
+    app.command(rich_help_panel="Tune")(command(audit))
+    app.command(rich_help_panel="Tune")(command(extract))

@@ -1,14 +1,16 @@
-"""Deployment commands: export, predict, bench (torch-free at import; predict and bench never need torch)."""
+"""``edgeprompt export``, ``predict`` and ``bench``: the deployment verbs (torch-free at import; predict and bench never
+need torch). Each parses its options, calls one api function and renders the result."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from edgeprompt.cli.ui import command, emit, reporter, table
+from edgeprompt.cli.ui import JSON, command, emit, reporter, table
 from edgeprompt.config import (
     INT8_CALIBRATORS,
     INT8_FLOAT_GROUPS,
@@ -21,7 +23,25 @@ from edgeprompt.config import (
     defaults,
 )
 
-JSON = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+PREDICT_FORMATS = ("table", "jsonl", "csv")
+
+
+CONFIG_FILE_DS = "config_infer_primary.txt"  # edgeprompt.export.deepstream.CONFIG_FILE, without importing export
+
+
+_EXPORT = defaults(ExportConfig)
+
+
+_PROFILE = TrtProfile()
+
+
+_TRITON = defaults(TritonConfig)
+
+
+_INT8 = defaults(Int8Config)
+
+
+_BENCH = defaults(BenchConfig)
 
 
 def predict(
@@ -94,7 +114,6 @@ def predict(
 def _write_lines(rows: Iterator[dict[str, Any]], fmt: str, key: str | tuple[str, ...], top_k: int) -> None:
     """One stdout line per result as it arrives: JSON objects, or CSV rows of ``key`` columns then label/p pairs."""
     import csv
-    import json
     import sys
 
     keys = (key,) if isinstance(key, str) else key
@@ -125,15 +144,6 @@ def _predict_source(bundle: Path, source: str, *, top_k: int, backend: str, fmt:
     except KeyboardInterrupt:
         pass
     typer.echo(stats.line(), err=True)
-
-
-PREDICT_FORMATS = ("table", "jsonl", "csv")
-CONFIG_FILE_DS = "config_infer_primary.txt"  # edgeprompt.export.deepstream.CONFIG_FILE, without importing export
-_EXPORT = defaults(ExportConfig)
-_PROFILE = TrtProfile()
-_TRITON = defaults(TritonConfig)
-_INT8 = defaults(Int8Config)
-_BENCH = defaults(BenchConfig)
 
 
 def export(
@@ -247,33 +257,8 @@ def bench(
     emit(result, as_json, lambda r: print(report_markdown(r)))
 
 
-def checks(as_json: JSON = False) -> None:
-    """What this machine has for edgeprompt (versions, backends, GPU, driver, Jetson) and known-bad combinations.
-
-    Run it first when an install misbehaves; each problem comes with the command that fixes it.
-    """
-    from edgeprompt import api
-
-    result = api.checks()
-
-    def render(r: dict[str, Any]) -> None:
-        table("installed", ["name", "value"], [[k, v] for k, v in r["versions"].items()])
-        table("backends", ["backend", "status"], [[k, v] for k, v in r["backends"].items()])
-        gpus = ", ".join(f"{g['name']} (driver {g['driver']})" for g in r["gpus"]) or "none visible"
-        facts = [*r["machine"].items(), ("gpus", gpus), ("jetson", r["jetson_model"] or "no"),
-                 ("power mode", r["power_mode"] or "–")]
-        table("machine", ["name", "value"], [list(f) for f in facts])
-        for p in r["problems"]:
-            print(f"problem: {p['problem']}\n  fix: {p['fix']}")
-        if not r["problems"]:
-            print("no known problem found")
-
-    emit(result, as_json, render)
-
-
 def register(app: typer.Typer) -> None:
-    """Attach the deployment commands to ``app``."""
-    app.command(rich_help_panel="Info")(command(checks))
+    """Add this module's verbs to the app."""
     app.command(rich_help_panel="Deploy")(command(export))
     app.command(rich_help_panel="Deploy")(command(predict))
     app.command(rich_help_panel="Deploy")(command(bench))
