@@ -405,7 +405,7 @@ class ExportConfig:
     trt: bool = False  # build model.engine here (needs TensorRT and a GPU)
     profile: TrtProfile = field(default_factory=TrtProfile)
     triton: TritonConfig | None = None  # also write a Triton model repository (docs/scale-out.md)
-    deepstream: str | None = None  # also write DeepStream nvinfer files to this folder (docs/deepstream.md)
+    deepstream: str | None = None  # also write DeepStream nvinfer files to this folder (docs/video.md)
     deepstream_scaling: str = "squash"  # squash | pad: how nvinfer fits a frame to the square input
     quant: Int8Config = field(default_factory=Int8Config)  # calibration, quantizer and gate of --int8
     overwrite: bool = False  # replace an existing bundle, or an existing model of the same name in the Triton repo

@@ -163,7 +163,7 @@ def export(
     triton_name: Annotated[str | None, typer.Option(help="Model name in the repository (default: the bundle folder's name).", rich_help_panel="Triton")] = None,
     triton_platform: Annotated[str, typer.Option(help="auto (tensorrt_plan when the bundle has model.engine) | onnx (onnxruntime_onnx) | trt (tensorrt_plan).", rich_help_panel="Triton")] = _TRITON["platform"],
     deepstream: Annotated[Path | None, typer.Option("--deepstream", help="Also write DeepStream nvinfer files here: config_infer_primary.txt, labels.txt, the graph (and engine), README.md with a pipeline. Batch: --opt-batch.", rich_help_panel="DeepStream", metavar="DIR")] = None,
-    deepstream_scaling: Annotated[str, typer.Option(help="How nvinfer fits a frame to the square input: squash | pad (nvinfer cannot centre-crop; docs/deepstream.md).", rich_help_panel="DeepStream")] = _EXPORT["deepstream_scaling"],
+    deepstream_scaling: Annotated[str, typer.Option(help="How nvinfer fits a frame to the square input: squash | pad (nvinfer cannot centre-crop; docs/video.md).", rich_help_panel="DeepStream")] = _EXPORT["deepstream_scaling"],
     int8: Annotated[bool, typer.Option("--int8", help="Short for --precision int8: model.onnx becomes a calibrated INT8 Q/DQ graph (model.fp32.onnx kept beside it), gated on held-out accuracy against FP32.", rich_help_panel="INT8")] = False,
     calib: Annotated[Path | None, typer.Option(help="Calibration image folder (default: the run's tuning images, centre views).", rich_help_panel="INT8")] = _INT8["calib"],
     calib_n: Annotated[int, typer.Option(help="Calibrate on at most this many images.", rich_help_panel="INT8")] = _INT8["calib_n"],

@@ -14,7 +14,7 @@ How the numbers follow from the bundle: nvinfer computes ``y = net-scale-factor 
 and cannot divide by a per-channel std, so it feeds ``x / 255`` (``net-scale-factor=1/255``, offsets 0) and the
 graph's own normalisation does the rest: bundles normalise in the graph by default, and one that does not is refused.
 What nvinfer cannot do is our centre crop: it scales the whole frame (or object) to the network's square, squashing
-it (``maintain-aspect-ratio=0``) or padding it (``maintain-aspect-ratio=1``). docs/deepstream.md measures the cost.
+it (``maintain-aspect-ratio=0``) or padding it (``maintain-aspect-ratio=1``). docs/video.md measures the cost.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def nvinfer_config(manifest: Manifest, *, engine: bool, batch_size: int, scaling
         "classifier-threshold": "0.0",  # attach the top class whatever its probability; raise it to filter
         "maintain-aspect-ratio": "1" if scaling == "pad" else "0",
         "symmetric-padding": "1" if scaling == "pad" else "0",
-        "scaling-filter": "1",  # bilinear; the bundle was checked with bicubic (docs/deepstream.md)
+        "scaling-filter": "1",  # bilinear; the bundle was checked with bicubic (docs/video.md)
         "gie-unique-id": "1",
     })
     return props
@@ -102,7 +102,7 @@ operate-on-gie-id to the detector's gie-unique-id.
 What differs from `edgeprompt predict`: edgeprompt resizes the shorter side and crops the centre square (as CLIP
 was trained); nvinfer scales the whole frame to {size} x {size}, squashing it (maintain-aspect-ratio=0, written
 here) or padding it (maintain-aspect-ratio=1 with symmetric-padding=1), with bilinear filtering. On square inputs
-the two agree up to the filter; on wide frames squashing distorts shapes. docs/deepstream.md measures both.
+the two agree up to the filter; on wide frames squashing distorts shapes. docs/video.md measures both.
 """
 
 
