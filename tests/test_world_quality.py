@@ -18,11 +18,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _top1(world: Path, method: str, noise: str, epochs: int | None = None, seed: int = 1, csc: bool = False) -> float:
+def _top1(world: Path, method: str, noise: str, epochs: int | None = None, seed: int = 1,
+          csc: bool | None = False) -> float:
+    """Clean test top-1 of a run; ``csc`` None leaves the context to the tune's own choice."""
     run = world / "runs" / f"{method}-{noise}-{seed}-{csc}"
     api.tune(TuneConfig(train=str(world / "data" / "train"), out=str(run), method=method, shots=16, noise=noise,
                         cache_dir=str(world / "cache"), overwrite=True,
-                        method_options={"class_specific": True} if csc else {},
+                        method_options={} if csc is None or method == "zeroshot" else {"class_specific": csc},
                         train_cfg=TrainConfig(epochs=epochs, seed=seed, eval_every=0)))
     return api.evaluate(run, world / "data" / "test", cache_dir=str(world / "cache"))["top1"]
 
@@ -49,3 +51,20 @@ def test_quality_bar_tuning_gains_with_class_specific_context(world: Path) -> No
     # default flags; measured on seed 1 (docs/world.md): zero-shot 53.2, CoOp 55.1, class-specific CoOp 96.6.
     assert _top1(world, "coop", "none", csc=True) > zs + 0.3  # names the model never saw are learned
     assert _top1(world, "coop", "none") >= zs - 0.03  # a shared context keeps the prior (it cannot rename)
+
+
+def test_names_the_model_does_not_know_get_class_specific_context_by_default(world: Path) -> None:
+    """Without --csc or --shared-ctx, a tune on the world (eleven names the model never saw) chooses class-specific
+    context and says so; --shared-ctx keeps one context."""
+    import json
+
+    common = dict(train=str(world / "data" / "train"), method="coop", shots=16, cache_dir=str(world / "cache"),
+                  overwrite=True, train_cfg=TrainConfig(epochs=1, seed=1, eval_every=0))
+    res = api.tune(TuneConfig(out=str(world / "runs" / "auto"), **common))  # type: ignore[arg-type]
+    # 8 of the 11 never-seen names on data seed 0 (the other three absorb images of their own): the rule needs 5
+    assert int(res["context"].split(" of 20")[0]) >= 5 and "class-specific" in res["context"]
+    config = json.loads((world / "runs" / "auto" / "config.json").read_text())
+    assert config["method_options"]["class_specific"] is True
+    shared = api.tune(TuneConfig(out=str(world / "runs" / "shared"), method_options={"class_specific": False},
+                                 **common))  # type: ignore[arg-type]
+    assert shared["context"] is None

@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,6 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
     check_values(cfg)
     build_config(cfg.method, cfg.options)  # unknown method/options fail before any work
     data, few, given, clean = load_tuning_set(cfg, rep)
-    names = [f.name for f in dataclasses.fields(method_config_class(cfg.method))]
-    cfg = resolve_tune(cfg, image_side(few.paths), names)  # protocol defaults, crop scale from the image size
-    cfg.train_cfg.validate()
-    if cfg.crop_scale is not None and not 0 < cfg.crop_scale <= 1:
-        raise ConfigError(f"--crop-scale must be in (0, 1], got {cfg.crop_scale}")
-    method_cfg = build_config(cfg.method, cfg.options)
     val = None
     if cfg.val:
         val = match_classes(few.classnames, load_labeled(cfg.val, strict=cfg.strict,
@@ -110,8 +105,22 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
     torch.manual_seed(cfg.train_cfg.seed)
     device = resolve_device(cfg.train_cfg.device)
     backbone = create_backbone(cfg.model, cfg.pretrained, device)
-    method = create_method(cfg.method, backbone, list(few.classnames), **_asdict(method_cfg)).to(device)
     cache = FeatureCache(backbone, cfg.cache_dir)
+    names = [f.name for f in dataclasses.fields(method_config_class(cfg.method))]
+    context_note = None
+    if "class_specific" in names and "class_specific" not in cfg.options and cfg.protocol == "default":
+        centre, _ = cache.features(few.paths, None, False, rep.task("encoding train (centre)"))
+        unknown = unknown_names(zero_shot_predictions(backbone, few.classnames, centre), few.num_classes)
+        use_csc = len(unknown) >= AUTO_CSC_SHARE * few.num_classes
+        cfg = dataclasses.replace(cfg, method_options={**cfg.options, "class_specific": use_csc})
+        context_note = context_choice(unknown, few.classnames, use_csc)
+        (log.warning if use_csc else log.info)("%s", context_note)
+    cfg = resolve_tune(cfg, image_side(few.paths), names)  # protocol defaults, crop scale from the image size
+    cfg.train_cfg.validate()
+    if cfg.crop_scale is not None and not 0 < cfg.crop_scale <= 1:
+        raise ConfigError(f"--crop-scale must be in (0, 1], got {cfg.crop_scale}")
+    method_cfg = build_config(cfg.method, cfg.options)
+    method = create_method(cfg.method, backbone, list(few.classnames), **_asdict(method_cfg)).to(device)
     tokens = method.needs_tokens
     aug = AugmentSpec(views=cfg.views, scale=(float(cfg.crop_scale or COOP_CROP), 1.0))
     pooled, tok = cache.features(few.paths, aug, tokens, rep.task("encoding train views"))
@@ -163,6 +172,7 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
         "pretrained": cfg.pretrained, "classes": few.num_classes, "n_train": len(few), "n_flipped": n_flipped,
         "noise": str(noise), "epochs": len(history), "final_loss": final.get("loss"),
         "val_acc": final.get("val_acc"), "skipped_files": len(few.skipped), "warning": verdict,
+        "context": context_note,
         "cache": {"hits": cache.hits, "misses": cache.misses, "bytes_read": cache.store.bytes_read,
                   "bytes_used": cache.bytes_used}, "time_s": round(time.perf_counter() - t_start, 2),
     }
@@ -172,6 +182,38 @@ def _agreement(method: Any, data: TrainSet) -> float:
     """Top-1 of ``method`` against the given labels on the centre views of its tuning samples."""
     pred = batched_logits(method, data.eval_pooled, data.eval_tokens).argmax(-1)
     return float((pred == data.labels.cpu()).float().mean())
+
+
+# --csc when neither --csc nor --shared-ctx is given (default protocol only; the papers' keeps its shared context):
+# a class whose name the zero-shot prompt predicts for fewer than UNKNOWN_NAME_SHARE of its fair share of the tuning
+# images is a name the model does not know, and a context shared by all classes cannot rename it (docs/defaults.md,
+# "Shared or class-specific context"); when at least AUTO_CSC_SHARE of the classes are such names, each class gets
+# its own context. Counting predictions, not correct ones, keeps the rule blind to label noise.
+UNKNOWN_NAME_SHARE = 0.25
+AUTO_CSC_SHARE = 0.25
+
+
+def zero_shot_predictions(backbone: Any, classnames: Sequence[str], centre: torch.Tensor) -> np.ndarray:
+    """The zero-shot template's top-1 class for each (N, E) centre-view feature: (N,) int."""
+    zs = create_method("zeroshot", backbone, list(classnames)).to(centre.device)
+    return batched_logits(zs, centre, None).argmax(-1).cpu().numpy()
+
+
+def unknown_names(pred: np.ndarray, num_classes: int) -> list[int]:
+    """Classes the zero-shot prompt predicts for fewer than UNKNOWN_NAME_SHARE x N / C of the N images."""
+    counts = np.bincount(pred, minlength=num_classes)
+    return [c for c in range(num_classes) if counts[c] < UNKNOWN_NAME_SHARE * len(pred) / num_classes]
+
+
+def context_choice(unknown: list[int], classnames: Sequence[str], csc: bool) -> str:
+    """The one line that says which context the tune chose, and why."""
+    shown = ", ".join(repr(classnames[c]) for c in unknown[:4]) + (" …" if len(unknown) > 4 else "")
+    if csc:
+        return (f"{len(unknown)} of {len(classnames)} class names look unknown to the model (the zero-shot prompt "
+                f"almost never predicts {shown}): using class-specific context, which can learn names "
+                f"(--shared-ctx keeps one context)")
+    return (f"shared context: the zero-shot prompt predicts {len(classnames) - len(unknown)} of {len(classnames)} "
+            f"classes{f' (rarely {shown})' if unknown else ''} (--csc gives each class its own)")
 
 
 def learning_verdict(start: float, end: float, num_classes: int) -> str | None:
