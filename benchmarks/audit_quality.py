@@ -46,11 +46,16 @@ def write_manifest(path: Path, paths: list[Path], labels: list[int], names: tupl
     return path
 
 
+def context_options(method: str, csc: bool) -> dict:
+    """Say the context explicitly (left out, tune chooses class-specific context by itself on this world)."""
+    return {"class_specific": csc} if method in ("coop", "dspt", "nlprompt") else {}
+
+
 def tuned_top1(train: Path, test: Path, out: Path, method: str, cache: Path) -> float:
     """Clean test top-1 after tuning on every row of ``train``; ``METHOD+csc`` uses class-specific context."""
     method, _, csc = method.partition("+")
     tune(TuneConfig(train=str(train), out=str(out), method=method, shots=0, cache_dir=str(cache), overwrite=True,
-                    method_options={"class_specific": True} if csc == "csc" else {},
+                    method_options=context_options(method, csc == "csc"),
                     train_cfg=TrainConfig(seed=1, eval_every=0)))
     return 100 * evaluate(out, test, cache_dir=str(cache))["top1"]
 

@@ -82,6 +82,7 @@ def main() -> int:
             for part in ("base", "all"):
                 run = out / "runs" / f"{method}-{part}-s{seed}"
                 tune(TuneConfig(train=str(files["train"][part]), out=str(run), method=method, shots=16,
+                                method_options={"class_specific": False},  # new rows need the shared context
                                 cache_dir=cache, overwrite=True, train_cfg=TrainConfig(seed=seed, eval_every=0)))
                 score(f"{method}, tuned on {'15 base classes, 5 added' if part == 'base' else 'all 20'}", run)
     print(f"\nbase classes: {', '.join(base)}\nnew classes: {', '.join(new)}\n")

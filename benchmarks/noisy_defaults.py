@@ -24,11 +24,16 @@ from edgeprompt.train.run import evaluate, tune
 from edgeprompt.world import shapes
 
 
+def context_options(method: str, csc: bool) -> dict:
+    """Say the context explicitly (left out, tune chooses class-specific context by itself on this world)."""
+    return {"class_specific": csc} if method in ("coop", "dspt", "nlprompt") else {}
+
+
 def top1(data: Path, out: Path, cache: Path, method: str, noise: str, seed: int, lr: float | None) -> float:
     """Clean test top-1 of one tune; ``METHOD+csc`` is the method with class-specific context."""
     method, _, csc = method.partition("+")
     tune(TuneConfig(train=str(data / "train"), out=str(out), method=method, shots=16, noise=noise,
-                    method_options={"class_specific": True} if csc == "csc" else {},
+                    method_options=context_options(method, csc == "csc"),
                     cache_dir=str(cache), overwrite=True, train_cfg=TrainConfig(seed=seed, eval_every=0, lr=lr)))
     return 100 * evaluate(out, data / "test", cache_dir=str(cache))["top1"]
 

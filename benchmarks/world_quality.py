@@ -33,11 +33,12 @@ from edgeprompt.world import shapes, tiny
 
 # name -> (method, options, noise)
 CSC = {"class_specific": True}
+SHARED = {"class_specific": False}  # said explicitly: left out, tune chooses by itself (class-specific on this world)
 CELLS: dict[str, tuple[str, dict, str]] = {
     "zeroshot": ("zeroshot", {}, "none"),
-    "coop": ("coop", {}, "none"),
+    "coop": ("coop", SHARED, "none"),
     "coop-csc": ("coop", CSC, "none"),
-    "coop@sym50": ("coop", {}, "sym:0.5"),
+    "coop@sym50": ("coop", SHARED, "sym:0.5"),
     "coop-csc@sym50": ("coop", CSC, "sym:0.5"),
     "nlprompt-csc@sym25": ("nlprompt", CSC, "sym:0.25"),
     "nlprompt-csc@sym50": ("nlprompt", CSC, "sym:0.5"),
