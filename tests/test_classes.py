@@ -19,7 +19,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> dict[str,
     root = tmp_path_factory.mktemp("classes")
     data = make_folder(root / "data", per_class=3, size=32)
     out = {"root": root, "data": data}
-    for name, opts in (("coop", {"n_ctx": 4}), ("csc", {"n_ctx": 4, "class_specific": True})):
+    for name, opts in (("coop", {"n_ctx": 4, "class_specific": False}), ("csc", {"n_ctx": 4, "class_specific": True})):
         tune(TuneConfig(train=str(data), out=str(root / name), method="coop", model=tiny_model, pretrained="none",
                         shots=0, views=1, cache_dir=str(root / "cache"), method_options=opts,
                         train_cfg=TrainConfig(epochs=2, batch_size=4, eval_every=0)))
@@ -48,6 +48,18 @@ def test_removing_then_re_adding_a_class_reproduces_its_row_exactly(runs: dict[s
         # rounding of a batched matmul over another number of classes (bit-equal when encoded alone)
         assert (after[name] - before[name]).abs().max() <= 1e-5, name
     assert not torch.allclose(after["purple"], after["red"])
+
+
+def test_a_class_specific_run_can_lose_classes_and_keeps_the_others_rows(runs: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    from edgeprompt.train.classes import change_classes
+
+    before = _rows(runs["csc"])
+    fewer = change_classes(runs["csc"], tmp_path / "fewer", remove=["green"])
+    after = _rows(tmp_path / "fewer")
+    assert fewer["classes"] == ["blue", "red"] == list(after)
+    for name in ("blue", "red"):  # each kept class keeps its own context: the same row
+        assert (after[name] - before[name]).abs().max() <= 1e-5, name
 
 
 def test_what_cannot_change_classes_says_so(runs: dict[str, Path], tmp_path: Path) -> None:

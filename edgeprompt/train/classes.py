@@ -52,8 +52,8 @@ def change_classes(run_dir: str | Path, out: str | Path, add: Sequence[str] = ()
     """Write ``out``: the run ``run_dir`` with classes added and removed, its learned context unchanged.
 
     Raises:
-        ConfigError: nothing to change, a class-specific or image-conditioned method, unknown or repeated names,
-            or an output that overlaps an input.
+        ConfigError: nothing to change, a class added to a class-specific run, an image-conditioned method,
+            unknown or repeated names, or an output that overlaps an input.
     """
     t0 = time.perf_counter()
     if not add and not remove:
@@ -67,15 +67,20 @@ def change_classes(run_dir: str | Path, out: str | Path, add: Sequence[str] = ()
         raise ConfigError(f"{method} computes its context per image, so its class rows are not constants: tune it "
                           f"again with the new classes (shared-context methods can change classes: "
                           f"{', '.join(SHARED_CONTEXT)})")
-    if opts.get("class_specific"):
+    if opts.get("class_specific") and add:
         raise ConfigError("this run learned one context per class (class-specific context): a new class has no "
-                          "context of its own; tune again, or use a run with a shared context")
+                          "context of its own; tune again, or use a run with a shared context (--remove works)")
     names = changed_classnames(run.manifest.classnames, add, remove)
     from edgeprompt.methods import create_method
 
     changed = create_method(method, run.backbone, names, **opts)
     if method != "zeroshot":
-        changed.load_trainable_state_dict(run.method.trainable_state_dict())  # the same learned context
+        state = run.method.trainable_state_dict()
+        if opts.get("class_specific"):  # removal only: keep the kept classes' own contexts, (C, n_ctx, width) rows
+            old = list(run.manifest.classnames)
+            keep = [old.index(n) for n in names]
+            state = {k: v[keep] if v.ndim and v.shape[0] == len(old) else v for k, v in state.items()}
+        changed.load_trainable_state_dict(state)  # the same learned context
     with output_lock(target):
         work = target.with_name(f".{target.name}.classes.partial")
         shutil.rmtree(work, ignore_errors=True)
