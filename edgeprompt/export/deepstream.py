@@ -73,6 +73,7 @@ def nvinfer_config(manifest: Manifest, *, engine: bool, batch_size: int, scaling
         "symmetric-padding": "1" if scaling == "pad" else "0",
         "scaling-filter": "1",  # bilinear; the bundle was checked with bicubic (docs/video.md)
         "gie-unique-id": "1",
+        "output-tensor-meta": "1",  # the probabilities for a pad probe, whatever the version does with classifier meta
     })
     return props
 
@@ -88,21 +89,25 @@ def _readme(manifest: Manifest, size: int) -> str:
 
 Written by edgeprompt {__version__}: {manifest.method}, {manifest.num_classes} classes, {size} x {size} input.
 
-A primary classifier on a video file (nvinfer builds a TensorRT engine from model.onnx on its first run when
-model.engine is absent or was built for another GPU or TensorRT version; that takes minutes on a Jetson):
+A primary classifier on a 1280 x 720 video file. nvinfer cannot centre-crop, so `nvvideoconvert src-crop` cuts the
+centre square first (left:top:width:height), as edgeprompt's own preprocessing does; nvinfer then only scales a
+square to {size} x {size}. nvinfer builds a TensorRT engine from model.onnx on its first run when model.engine is
+absent or was built for another GPU or TensorRT version (minutes on a Jetson):
 
-    gst-launch-1.0 filesrc location=clip.mp4 ! qtdemux ! h264parse ! nvv4l2decoder ! m.sink_0 \\
-        nvstreammux name=m batch-size=1 width=1280 height=720 ! \\
+    gst-launch-1.0 filesrc location=clip.mp4 ! qtdemux ! h264parse ! nvv4l2decoder ! \\
+        nvvideoconvert src-crop=280:0:720:720 ! m.sink_0 nvstreammux name=m batch-size=1 width=720 height=720 ! \\
         nvinfer config-file-path={CONFIG_FILE} ! nvvideoconvert ! nvdsosd ! fakesink
 
-The top class of each frame is attached to the frame's metadata as classifier metadata (NvDsClassifierMeta);
-read it in a pad probe after nvinfer. To classify the objects of a detector instead, set process-mode=2 and
+nvinfer attaches the top class as classifier metadata (NvDsClassifierMeta; where it hangs for a full-frame
+classifier depends on the DeepStream version, see nvinfer's documentation) and, with output-tensor-meta=1 as written
+here, every class probability as tensor metadata (NvDsInferTensorMeta) for a pad probe after nvinfer. To classify the objects of a detector instead, set process-mode=2 and
 operate-on-gie-id to the detector's gie-unique-id.
 
 What differs from `edgeprompt predict`: edgeprompt resizes the shorter side and crops the centre square (as CLIP
 was trained); nvinfer scales the whole frame to {size} x {size}, squashing it (maintain-aspect-ratio=0, written
-here) or padding it (maintain-aspect-ratio=1 with symmetric-padding=1), with bilinear filtering. On square inputs
-the two agree up to the filter; on wide frames squashing distorts shapes. docs/video.md measures both.
+here) or padding it (maintain-aspect-ratio=1 with symmetric-padding=1), with bilinear filtering. On square frames the
+two agree up to the filter; on wide frames both lose most of the accuracy unless the frame is cropped to its centre
+square first (the src-crop above). edgeprompt's docs/video.md has the measurement.
 """
 
 
