@@ -100,8 +100,8 @@ absent or was built for another GPU or TensorRT version (minutes on a Jetson):
 
 nvinfer attaches the top class as classifier metadata (NvDsClassifierMeta; where it hangs for a full-frame
 classifier depends on the DeepStream version, see nvinfer's documentation) and, with output-tensor-meta=1 as written
-here, every class probability as tensor metadata (NvDsInferTensorMeta) for a pad probe after nvinfer. To classify the objects of a detector instead, set process-mode=2 and
-operate-on-gie-id to the detector's gie-unique-id.
+here, every class probability as tensor metadata (NvDsInferTensorMeta) for a pad probe after nvinfer. To classify the
+objects of a detector instead, set process-mode=2 and operate-on-gie-id to the detector's gie-unique-id.
 
 What differs from `edgeprompt predict`: edgeprompt resizes the shorter side and crops the centre square (as CLIP
 was trained); nvinfer scales the whole frame to {size} x {size}, squashing it (maintain-aspect-ratio=0, written
