@@ -2,7 +2,8 @@
 
 nvinfer cannot centre-crop: it scales the whole frame to the network's square, squashing it
 (``maintain-aspect-ratio=0``) or padding it with black bars (``maintain-aspect-ratio=1``, ``symmetric-padding=1``),
-bilinear. This script emulates both with PIL (bilinear, as ``scaling-filter=1``; nvinfer's GPU/VIC scaler is not
+bilinear; or it is handed the centre square (``nvvideoconvert src-crop``, as the written README's pipeline does).
+This script emulates the three with PIL (bilinear, as ``scaling-filter=1``; nvinfer's GPU/VIC scaler is not
 bit-identical) and compares them with the bundle's own preprocessing on the world's test images, as they are
 (square) and widened to 4:3 and 16:9 frames by mirroring the background at the sides (the shape stays in the centre,
 where a camera would frame it). Each variant runs through the same bundle on onnxruntime-CPU.
@@ -42,7 +43,12 @@ def widen(img: Image.Image, aspect: float) -> Image.Image:
 
 def nvinfer_pixels(img: Image.Image, size: int, scaling: str) -> np.ndarray:
     """(3, size, size) in [0, 1] as nvinfer feeds a graph with net-scale-factor 1/255: squash, or pad (letterbox)."""
-    if scaling == "squash":
+    if scaling == "crop":  # nvvideoconvert src-crop to the centre square, then nvinfer scales a square
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        out = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BILINEAR)
+    elif scaling == "squash":
         out = img.resize((size, size), Image.Resampling.BILINEAR)
     else:
         w, h = img.size
@@ -93,7 +99,7 @@ def main() -> int:
             frames = [widen(im, aspect) for im in images]
             ours = top1(preprocess_batch(frames, spec))
             row = {"frame": name, "edgeprompt (crop)": 100 * float((ours == labels).mean())}
-            for scaling in ("squash", "pad"):
+            for scaling in ("squash", "pad", "crop"):
                 got = top1(np.stack([nvinfer_pixels(f, spec.image_size, scaling) for f in frames]))
                 row[f"nvinfer {scaling}"] = 100 * float((got == labels).mean())
                 row[f"agree {scaling}"] = 100 * float((got == ours).mean())
