@@ -5,8 +5,8 @@ images (generated here, each one different), measured in one run:
     features (best of two), and its end-to-end ratio to the 1k folder's (goal: <= 1.5x at 100k);
   - warm eval on the run's tuning images (`edgeprompt eval RUN --train`), best of two;
   - the feature store's bytes read against the bytes of features used in the warm tune (goal: <= 2x);
-  - `edgeprompt extract` of the whole folder (cold cache) in images/s (goal: linear, i.e. flat images/s), with
-    --extract-max to skip the largest sizes.
+  - `edgeprompt extract` of the whole folder's centre views (cold cache) in images/s (goal: linear, i.e. flat
+    images/s), into the cache the tune then uses (--extract-max skips the largest sizes).
 
 Every command runs as a subprocess of the CLI, as a user runs it. `--python` and `--src` time another checkout (the
 "before" of a change): `--src /path/to/old/checkout` puts that tree first on PYTHONPATH.
@@ -51,7 +51,7 @@ def cli(args: list[str], env: dict[str, str]) -> tuple[float, dict]:
     """Run ``edgeprompt ARGS --json``; (wall seconds, the JSON result)."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "edgeprompt.cli.main", "-q", *args, "--json"], capture_output=True,
-                          text=True, env=env, check=False)
+                          text=True, env=env, check=False, cwd="/")  # not a checkout's root: --src must win
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"edgeprompt {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
@@ -77,19 +77,20 @@ def main() -> int:
         print(f"{n} images ready ({time.perf_counter() - t0:.0f} s)", flush=True)
         out = args.out / f"n{n}"
         cache = out / "cache"
+        row: dict = {"images": n}
+        if n <= args.extract_max:  # the whole folder's centre views first: the tune then reads 320 rows of them
+            xs, _ = cli(["extract", str(folder), "--cache-dir", str(cache), "--views", "0"], env)
+            row["extract_img_per_s"] = round(n / xs, 1)
         tune = ["tune", str(folder), "--method", "coop", "--shots", "16", "--epochs", "1", "--cache-dir",
                 str(cache), "--out", str(out / "run"), "--overwrite"]
-        cli(tune, env)  # cold: caches the sampled shots' features
+        cli(tune, env)  # cold: caches the sampled shots' augmented views
         warm = [cli(tune, env) for _ in range(2)]
         wall, res = min(warm, key=lambda w: w[0])
         ev = min(cli(["eval", str(out / "run"), "--train", "--cache-dir", str(cache)], env)[0]
                  for _ in range(2))
         store = res.get("cache", {})
-        row = {"images": n, "tune_warm_s": round(wall, 2), "eval_warm_s": round(ev, 2),
-               "bytes_read": store.get("bytes_read"), "bytes_used": store.get("bytes_used")}
-        if n <= args.extract_max:
-            xs, _ = cli(["extract", str(folder), "--cache-dir", str(out / "xcache"), "--views", "0"], env)
-            row["extract_img_per_s"] = round(n / xs, 1)
+        row.update({"tune_warm_s": round(wall, 2), "eval_warm_s": round(ev, 2),
+                    "bytes_read": store.get("bytes_read"), "bytes_used": store.get("bytes_used")})
         rows.append(row)
         print(json.dumps(row), flush=True)
     base = rows[0]["tune_warm_s"]

@@ -326,6 +326,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     Raises:
         ConfigError: a CUDA device was asked for and no GPU is visible.
     """
+    from edgeprompt.config import TrainConfig
+
+    TrainConfig(device=name).validate()  # the one check of a device name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

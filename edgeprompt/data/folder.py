@@ -128,7 +128,7 @@ def list_images(items: Sequence[str | os.PathLike[str]]) -> list[Path]:
     paths: list[Path] = []
     for item in map(Path, items):
         if item.is_dir():
-            paths.extend(sorted(p for p in item.rglob("*") if is_image_file(p) and _visible(p, item)))
+            paths.extend(p for p in visible_files(item) if p.suffix.lower() in IMAGE_EXTENSIONS)
         elif item.is_file():
             paths.append(item)
         else:
@@ -138,8 +138,25 @@ def list_images(items: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return paths
 
 
-def _visible(p: Path, root: Path) -> bool:
-    return not any(part.startswith(".") for part in p.relative_to(root).parts)
+def visible_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` (recursively, through linked folders) whose path below it has no hidden part,
+    sorted. Directory entries carry their type, so a 100k-image folder is listed without a stat per plain file
+    (``Path.rglob`` + ``is_file`` stats each one); links are followed, and a broken one is left out."""
+    out: list[Path] = []
+    stack = [str(folder)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir():
+                        stack.append(entry.path)
+                    elif entry.is_file():
+                        out.append(Path(entry.path))
+        except OSError:  # an unreadable sub-folder: its files are not listed (as rglob skips it)
+            continue
+    return sorted(out)
 
 
 def handle_problem(problems: list[tuple[str, str]], path: Path | str, reason: str, strict: bool,
@@ -199,7 +216,7 @@ def load_folder(
     files: list[tuple[Path, int]] = []
     kept_dirs: list[Path] = []
     for d in class_dirs:
-        entries = sorted(p for p in d.rglob("*") if p.is_file() and _visible(p, root))
+        entries = visible_files(d)
         images = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
         for other in (p for p in entries if p.suffix.lower() not in IMAGE_EXTENSIONS):
             handle_problem(problems, other, "not an image file (unknown extension)", strict)

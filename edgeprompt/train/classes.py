@@ -67,10 +67,10 @@ def change_classes(run_dir: str | Path, out: str | Path, add: Sequence[str] = ()
         raise ConfigError(f"{method} computes its context per image, so its class rows are not constants: tune it "
                           f"again with the new classes (shared-context methods can change classes: "
                           f"{', '.join(SHARED_CONTEXT)})")
+    names = changed_classnames(run.manifest.classnames, add, remove)  # bad names first: they are the user's typo
     if opts.get("class_specific") and add:
         raise ConfigError("this run learned one context per class (class-specific context): a new class has no "
                           "context of its own; tune again, or use a run with a shared context (--remove works)")
-    names = changed_classnames(run.manifest.classnames, add, remove)
     from edgeprompt.methods import create_method
 
     changed = create_method(method, run.backbone, names, **opts)

@@ -95,6 +95,7 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"{out} already exists: pass --overwrite, or choose another --out")
     check_values(cfg)
+    cfg.train_cfg.validate()  # seed, device, … before they are used (again below, once the protocol filled it in)
     build_config(cfg.method, cfg.options)  # unknown method/options fail before any work
     data, few, given, clean = load_tuning_set(cfg, rep)
     val = None
