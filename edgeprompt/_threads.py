@@ -2,7 +2,8 @@
 torch, onnxruntime and the decoding workers. Torch-free.
 
 Why a setting at all: torch's OpenMP threads spin while they wait, so on a machine where another process is busy a
-thread count equal to the core count loses far more than it gains (benchmarks/threads.py measures it).
+thread count equal to the core count loses far more than it gains (benchmarks/threads.py measures it). Unset, the
+CLI uses every core on a quiet machine and leaves the busy ones alone otherwise (:func:`busy_default`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,20 @@ def apply(n: int) -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(n)
+
+
+def busy_default() -> tuple[int, float] | None:
+    """(threads, load) when other processes keep cores busy, so fewer threads than cores is the faster choice; None
+    on a quiet machine (or where the load average is unknown). The 1-minute load average counts runnable processes:
+    with L of them already running, C - L threads do not wait on each other behind a busy core
+    (benchmarks/threads.py: a warm tune beside one busy process took 50 s with 2 threads, 11 s with 1)."""
+    n = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    busy = int(load + 0.5)
+    return (max(1, n - busy), load) if busy and n > 1 else None
 
 
 def cores() -> int:

@@ -36,16 +36,23 @@ def _root(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors: no warnings, no progress."),
     threads: int | None = typer.Option(None, "--threads", "-t", min=1, envvar="EDGEPROMPT_THREADS",
                                        help="CPU threads for torch, onnxruntime and image decoding (default: "
-                                            "every core). Use fewer on a machine another job is using."),
+                                            "every core, fewer when other processes keep cores busy)."),
 ) -> None:
     """The root options (the help text is the app's)."""
     from edgeprompt.cli import ui
 
     ui.VERBOSE, ui.QUIET = verbose, quiet and not verbose
-    if threads is not None:
-        from edgeprompt._threads import apply
+    import os
 
+    from edgeprompt._threads import apply, busy_default
+
+    if threads is not None:
         apply(threads)
+    elif "OMP_NUM_THREADS" not in os.environ and (auto := busy_default()) is not None:
+        apply(auto[0])  # another job holds cores: fewer threads than cores is faster (docs/defaults.md)
+        if ui.VERBOSE:  # the log handlers are set up by the verb, after this callback
+            typer.echo(f"info: the machine is busy (load {auto[1]:.1f}): using {auto[0]} thread(s); --threads N "
+                       f"chooses", err=True)
 start.register(app)
 tune.register(app)
 deploy.register(app)
