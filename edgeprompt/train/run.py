@@ -143,7 +143,8 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
 
     start_acc = _agreement(method, train_set)  # the start (the zero-shot prior, with the template init)
     history = fit(method, train_set, cfg.train_cfg, work, val_set, on_epoch) if epochs else []
-    verdict = learning_verdict(start_acc, _agreement(method, train_set), few.num_classes) if epochs else None
+    csc = bool(_asdict(method_cfg).get("class_specific", False))
+    verdict = learning_verdict(start_acc, _agreement(method, train_set), few.num_classes, csc) if epochs else None
     if verdict:
         log.warning("%s", verdict)
     (work / "checkpoint.pt").unlink(missing_ok=True)
@@ -217,7 +218,7 @@ def context_choice(unknown: list[int], classnames: Sequence[str], csc: bool) -> 
             f"classes{f' (rarely {shown})' if unknown else ''} (--csc gives each class its own)")
 
 
-def learning_verdict(start: float, end: float, num_classes: int) -> str | None:
+def learning_verdict(start: float, end: float, num_classes: int, class_specific: bool = False) -> str | None:
     """One line when a tune learned nothing, else None.
 
     ``start`` and ``end`` are top-1 against the given labels on the centre views of the tuning samples, before and
@@ -226,6 +227,10 @@ def learning_verdict(start: float, end: float, num_classes: int) -> str | None:
     small learning rate, too few epochs). What to try is the evidence in docs/defaults.md.
     """
     chance = 1.0 / num_classes
+    if num_classes >= 3 and end < 2 * chance and class_specific:
+        return (f"the tuned prompt stayed at chance: {100 * end:.0f} % of its own tuning labels with {num_classes} "
+                f"classes (chance {100 * chance:.0f} %), even with a context per class: try more --epochs or a "
+                f"larger --lr, and check that the labels match the images")
     if num_classes >= 3 and end < 2 * chance:
         return (f"the tuned prompt stayed at chance: {100 * end:.0f} % of its own tuning labels with {num_classes} "
                 f"classes (chance {100 * chance:.0f} %); the class names probably mean nothing to the model: try "
