@@ -398,6 +398,9 @@ class ExportConfig:
     # fp32 | fp16 (FP16 weights; FP32 I/O, LayerNorm, normalisation, class MatMul and softmax) | int8 (a calibrated
     # Q/DQ graph, model.fp32.onnx kept beside it; see quant). One value: the manifest records it, the device reads it.
     precision: str = "fp32"
+    # float-nchw (float32 pixels in [0, 1]) | uint8-nhwc (the bytes: a quarter of the host-to-device traffic; the
+    # graph scales, transposes and normalises; docs/video.md)
+    input_format: str = "float-nchw"
     opset: int = 17
     n_check: int = 32  # images of the run's tuning split in the parity gate
     exporter: str = "auto"  # auto | legacy | dynamo (docs/export.md)
@@ -419,8 +422,13 @@ class ExportConfig:
         return self.precision == "int8"
 
     def validate(self) -> None:
-        from edgeprompt.manifest import PRECISIONS
+        from edgeprompt.manifest import INPUT_FORMATS, PRECISIONS
 
+        if self.input_format not in INPUT_FORMATS:
+            raise ConfigError(f"--input-format must be one of {', '.join(INPUT_FORMATS)}, got {self.input_format!r}")
+        if self.input_format == "uint8-nhwc" and self.precision == "int8":
+            raise ConfigError("--input-format uint8-nhwc with --int8 is not supported yet (calibration feeds float "
+                              "pixels): export INT8 with float input, or uint8 input at fp32 / fp16")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
                               f"{suggest(str(self.precision), list(PRECISIONS))}")

@@ -22,6 +22,7 @@ from edgeprompt.version import __version__
 SCHEMA_VERSION = 2  # 2: precision is a top-level field (version 1 kept it in extra["export"]; still read)
 READABLE_SCHEMAS = (1, 2)
 PRECISIONS = ("fp32", "fp16", "int8")  # a bundle graph's numeric format; a run is fp32
+INPUT_FORMATS = ("float-nchw", "uint8-nhwc")  # the graph's pixel input: float32 in [0, 1], or the bytes themselves
 MANIFEST_NAME = "manifest.json"
 ONNX_FILE = "model.onnx"  # bundle files, named once for the exporter, the engine builder and every runtime
 ONNX_FP32_FILE = "model.fp32.onnx"  # an INT8 bundle keeps its FP32 graph for reference (bench, re-quantizing)
@@ -86,13 +87,17 @@ class IOSpec:
     outputs: tuple[TensorSpec, ...]
 
     @classmethod
-    def classifier(cls, image_size: int, num_classes: int) -> IOSpec:
-        """The standard classifier I/O: RGB pixels in [0, 1] -> logits and probabilities."""
+    def classifier(cls, image_size: int, num_classes: int, input_format: str = "float-nchw") -> IOSpec:
+        """The standard classifier I/O: RGB pixels in [0, 1] (or their bytes, ``uint8-nhwc``) -> logits and
+        probabilities."""
+        pixels = TensorSpec(INPUT_PIXELS, ("batch", 3, image_size, image_size), "float32",
+                            "RGB, float32 in [0, 1], NCHW, resized + centre-cropped; normalisation is in the graph")
+        if input_format == "uint8-nhwc":
+            pixels = TensorSpec(INPUT_PIXELS, ("batch", image_size, image_size, 3), "uint8",
+                                "RGB, uint8 0..255, NHWC, resized + centre-cropped; the graph scales, transposes "
+                                "and normalises")
         return cls(
-            inputs=(
-                TensorSpec(INPUT_PIXELS, ("batch", 3, image_size, image_size), "float32",
-                           "RGB, float32 in [0, 1], NCHW, resized + centre-cropped; normalisation is in the graph"),
-            ),
+            inputs=(pixels,),
             outputs=(
                 TensorSpec(OUTPUT_LOGITS, ("batch", num_classes), "float32", "scaled cosine similarities"),
                 TensorSpec(OUTPUT_PROBS, ("batch", num_classes), "float32", "softmax of logits"),

@@ -303,3 +303,35 @@ def test_export_visprompt_keeps_text_encoder(kv: str, tiny_model: str, image_fol
     predictor = load_bundle(res["bundle"], backend="ort-cpu")
     pred = predictor.predict([str(p) for p in images_of(image_folder)[:2]], top_k=1)
     assert len(pred) == 2
+
+
+def test_uint8_nhwc_input_gives_the_float_bundle_s_answers(tiny_model: str, image_folder: Path, cache_dir: Path,
+                                                           tmp_path: Path) -> None:
+    """``--input-format uint8-nhwc``: the graph takes the bytes (a quarter of the float input's), scales and
+    transposes them itself, passes the same parity gate, and predicts what the float bundle predicts."""
+    from PIL import Image
+
+    from edgeprompt.config import ExportConfig
+    from edgeprompt.errors import ArtifactError, ConfigError
+    from edgeprompt.export.deepstream import write_deepstream
+    from edgeprompt.runtime import load_bundle
+    from edgeprompt.runtime.base import input_bytes_per_image
+
+    run = tune_run(tiny_model, "coop", image_folder, tmp_path / "run", cache_dir, n_ctx=4, class_specific=False)
+    floats = export_run(run, tmp_path / "float", n_check=8)
+    bytes_ = export_run(run, tmp_path / "uint8", n_check=8, input_format="uint8-nhwc")
+    assert bytes_["parity"]["passed"] and bytes_["parity"]["top1_agreement"] == 1.0
+    m = Manifest.read(tmp_path / "uint8")
+    assert m.io is not None and m.io.inputs[0].dtype == "uint8" and m.io.inputs[0].shape[1:] == (32, 32, 3)
+    assert input_bytes_per_image(m.io) * 4 == input_bytes_per_image(Manifest.read(tmp_path / "float").io)  # type: ignore[arg-type]
+    images = images_of(image_folder)
+    with load_bundle(floats["bundle"], backend="ort-cpu") as f, load_bundle(bytes_["bundle"], backend="ort-cpu") as u:
+        pf, pu = f.probabilities(images), u.probabilities(images)
+        np.testing.assert_allclose(pu, pf, atol=1e-5)  # the same pixels reach the encoder
+        raw = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in images[:2]])
+        assert raw.dtype == np.uint8  # (2, 32, 32, 3) bytes, handed over as they are
+        assert u.runtime.run(raw)["probs"].shape == (2, 3)
+    with pytest.raises(ArtifactError, match="nvinfer feeds float"):
+        write_deepstream(tmp_path / "uint8", tmp_path / "ds")
+    with pytest.raises(ConfigError, match="uint8-nhwc with --int8"):
+        ExportConfig(source=str(run), precision="int8", input_format="uint8-nhwc").validate()

@@ -24,7 +24,7 @@ from edgeprompt.fileio import atomic_write_json, atomic_write_text, check_not_in
 from edgeprompt.manifest import ENGINE_FILE, ONNX_FILE, ONNX_FP32_FILE, Manifest
 from edgeprompt.progress import NullReporter, Reporter
 from edgeprompt.registry import suggest
-from edgeprompt.runtime.base import input_shape
+from edgeprompt.runtime.base import input_bytes_per_image
 
 BACKENDS = BENCH_BACKENDS
 COLUMNS = ["backend", "status", "precision", "size_mb", "batch", "top1", "agreement", "p50_ms", "p90_ms", "p99_ms",
@@ -99,7 +99,7 @@ def _validate(cfg: BenchConfig, manifest: Manifest) -> None:
             raise ConfigError(f"unknown backend {name!r}.{suggest(name, list(BACKENDS))} Choose from "
                               f"{', '.join(BACKENDS)}")
     assert manifest.io is not None  # read_bundle_manifest checks it
-    per_image = 4 * int(np.prod(input_shape(manifest.io)))
+    per_image = input_bytes_per_image(manifest.io)
     for b in cfg.batches:
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             raise ConfigError(f"--batch sizes must be whole numbers >= 1, got {b!r}")

@@ -114,8 +114,9 @@ def _export(cfg: ExportConfig, run_dir: Path, out: Path, formats: list[str], rep
         raise ConfigError(f"--int8 supports folded graphs (zeroshot, coop, dspt); {run.manifest.method}'s text branch "
                           f"depends on the image: export it FP32 or --fp16")
     spec = dataclasses.replace(run.manifest.preprocess, normalize_in_graph=True)  # the graph normalises
-    graph = build_graph(run.backbone, run.method, spec, traced)
-    io = IOSpec.classifier(spec.image_size, run.manifest.num_classes)
+    uint8_input = cfg.input_format == "uint8-nhwc"
+    graph = build_graph(run.backbone, run.method, spec, traced, uint8_input=uint8_input)
+    io = IOSpec.classifier(spec.image_size, run.manifest.num_classes, cfg.input_format)
     paths = check_image_paths(run_dir, cfg.n_check)
     pixels, source = load_check_pixels(paths, spec, cfg.n_check)
 

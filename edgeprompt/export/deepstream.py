@@ -40,6 +40,9 @@ def nvinfer_config(manifest: Manifest, *, engine: bool, batch_size: int, scaling
     io = manifest.io
     if io is None:
         raise ArtifactError("the bundle manifest has no graph I/O: re-export it")
+    if io.inputs[0].dtype != "float32":
+        raise ArtifactError("this bundle's graph takes uint8 NHWC pixels, and nvinfer feeds float planar (NCHW) "
+                            "input: export it with --input-format float-nchw for DeepStream")
     if not spec.normalize_in_graph:
         raise ArtifactError("this bundle normalises outside its graph, which nvinfer cannot do per channel "
                             "(one net-scale-factor for all three): re-export it without changing normalisation")

@@ -123,6 +123,7 @@ class ExportGraph(nn.Module):
         self.image_size = int(spec.image_size)
         self.num_classes = method.num_classes
         self.precision = precision
+        self.uint8_input = False  # set by build_graph: (B, H, W, 3) uint8 in, scaled and transposed here
         self.folded = bool(method.foldable)
         self.needs_tokens = bool(method.needs_tokens)
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1))
@@ -155,7 +156,10 @@ class ExportGraph(nn.Module):
         }
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) float32 pixels in [0, 1] -> (logits (B, C), probs (B, C)), both float32."""
+        """(B, 3, H, W) float32 pixels in [0, 1] (or (B, H, W, 3) uint8 with ``uint8_input``) -> (logits (B, C),
+        probs (B, C)), both float32."""
+        if self.uint8_input:  # the bytes cross to the device; scaling and layout happen here, exactly
+            pixels = pixels.permute(0, 3, 1, 2).float() / 255.0
         x = (pixels - self.mean) / self.std
         if self.precision == "fp16":
             x = x.half()
@@ -171,6 +175,9 @@ class ExportGraph(nn.Module):
 
 
 def build_graph(backbone: FrozenCLIP, method: PromptMethod, spec: PreprocessSpec | None = None,
-                precision: str = "fp32") -> ExportGraph:
-    """An :class:`ExportGraph` in eval mode (what :func:`~edgeprompt.export.onnx.export_onnx` traces)."""
-    return ExportGraph(backbone, method, spec, precision).eval()
+                precision: str = "fp32", uint8_input: bool = False) -> ExportGraph:
+    """An :class:`ExportGraph` in eval mode (what :func:`~edgeprompt.export.onnx.export_onnx` traces); with
+    ``uint8_input`` its input is (B, H, W, 3) uint8."""
+    graph = ExportGraph(backbone, method, spec, precision).eval()
+    graph.uint8_input = uint8_input
+    return graph

@@ -42,7 +42,8 @@ def _check_io(graph: ExportGraph, io: IOSpec) -> None:
         raise ExportError(f"an export graph has one input (pixels), the IOSpec lists {io.input_names}")
     if tuple(io.output_names) != tuple(graph.output_names):
         raise ExportError(f"the graph returns {list(graph.output_names)} but the IOSpec lists {io.output_names}")
-    want = (BATCH_AXIS, 3, graph.image_size, graph.image_size)
+    size = graph.image_size
+    want = (BATCH_AXIS, size, size, 3) if graph.uint8_input else (BATCH_AXIS, 3, size, size)
     if tuple(io.inputs[0].shape) != want:
         raise ExportError(f"IOSpec input shape {io.inputs[0].shape} does not match the graph's {want}")
 
@@ -145,8 +146,10 @@ def export_onnx(graph: ExportGraph, path: str | os.PathLike[str], io: IOSpec, *,
     _check_io(graph, io)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.rand(trace_batch, 3, graph.image_size, graph.image_size,
-                       generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    size = graph.image_size
+    dummy = (torch.randint(0, 256, (trace_batch, size, size, 3), generator=gen, dtype=torch.uint8)
+             if graph.uint8_input else torch.rand(trace_batch, 3, size, size, generator=gen))
     with tempfile.TemporaryDirectory(prefix=".onnx-trace-", dir=path.parent) as tmp:
         traced = Path(tmp) / path.name
         used = _run_exporter(graph, dummy, traced, io, opset, exporter)

@@ -69,7 +69,9 @@ def load_check_pixels(paths: list[Path], spec: PreprocessSpec, n: int, seed: int
         return preprocess_batch([str(p) for p in paths], spec).astype(np.float32), f"images:{len(paths)}"
     log.warning("no images of the run's tuning split are readable here: the parity gate uses %d random images", n)
     rng = np.random.default_rng(seed)
-    return rng.random((n, 3, spec.image_size, spec.image_size), dtype=np.float32), f"synthetic:{n}"
+    # on the 1/255 grid, as decoded images are: a uint8-input graph then sees exactly these pixels
+    pixels = rng.integers(0, 256, (n, 3, spec.image_size, spec.image_size)).astype(np.float32) / 255
+    return pixels, f"synthetic:{n}"
 
 
 @torch.no_grad()

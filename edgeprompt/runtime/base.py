@@ -47,31 +47,48 @@ class Runtime(Protocol):
 
 
 def input_shape(io: IOSpec) -> tuple[int, int, int]:
-    """The (C, H, W) of the first input, from the IOSpec (its first axis is the batch)."""
+    """The (C, H, W) of the pixels :meth:`Runtime.run` takes (float NCHW, whatever the graph's own input layout)."""
     dims = io.inputs[0].shape[1:]
     if not all(isinstance(d, int) for d in dims):
         raise DataError(f"input {io.inputs[0].name} has non-batch dynamic axes {dims}: only the batch may be dynamic")
-    c, h, w = (int(d) for d in dims)
-    return c, h, w
+    a, b, c = (int(d) for d in dims)
+    return (c, a, b) if is_uint8_nhwc(io) else (a, b, c)
+
+
+def is_uint8_nhwc(io: IOSpec) -> bool:
+    """Whether the graph takes (N, H, W, 3) uint8 pixels (``--input-format uint8-nhwc``: a quarter of the bytes)."""
+    return io.inputs[0].dtype == "uint8"
+
+
+def input_bytes_per_image(io: IOSpec) -> int:
+    """Bytes of one image as the graph takes it (what crosses from host to device)."""
+    c, h, w = input_shape(io)
+    return (1 if is_uint8_nhwc(io) else 4) * c * h * w
 
 
 def check_pixels(pixels: np.ndarray, io: IOSpec) -> np.ndarray:
-    """Validate a pixel batch against the IOSpec and return it as a C-contiguous float32 array.
+    """Validate a pixel batch against the IOSpec and return it in the graph's own input layout.
 
     Args:
-        pixels: (N, C, H, W) array in [0, 1] (or normalised, for graphs without in-graph normalisation).
+        pixels: (N, C, H, W) array in [0, 1] (or normalised, for graphs without in-graph normalisation); for a
+            uint8 NHWC graph also (N, H, W, C) uint8 as it is.
         io: The runtime's IOSpec.
 
     Returns:
-        The same data, float32 and C-contiguous (no copy when it already is).
+        The same data, C-contiguous: float32 NCHW, or uint8 NHWC for a graph that takes bytes.
 
     Raises:
         DataError: Wrong rank, channel count or spatial size, or an empty batch.
     """
     want = input_shape(io)
+    if is_uint8_nhwc(io) and pixels.dtype == np.uint8 and pixels.ndim == 4 and pixels.shape[0] \
+            and tuple(pixels.shape[1:]) == (want[1], want[2], want[0]):
+        return np.ascontiguousarray(pixels)  # already the graph's own layout
     if pixels.ndim != 4 or tuple(pixels.shape[1:]) != want or pixels.shape[0] == 0:
         raise DataError(f"pixels must have shape (N>=1, {', '.join(map(str, want))}), got {tuple(pixels.shape)}: "
                         f"preprocess images with edgeprompt.preprocess and the bundle's spec")
+    if is_uint8_nhwc(io):  # preprocessed pixels are bytes / 255: rounding gives back exactly those bytes
+        return np.ascontiguousarray(np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
     return np.ascontiguousarray(pixels, dtype=np.float32)
 
 

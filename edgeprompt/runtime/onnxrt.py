@@ -177,7 +177,8 @@ class OrtRuntime:
 
     def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Run the session; see :meth:`Runtime.run`."""
-        x = check_pixels(pixels, self.io).astype(self._in_dtype, copy=False)
+        x = check_pixels(pixels, self.io)
+        x = x if x.dtype == np.uint8 else x.astype(self._in_dtype, copy=False)
         names = self.io.output_names
         outs = self._session.run(names, {self.io.inputs[0].name: x})
         return {n: np.asarray(o, dtype=np.float32) for n, o in zip(names, outs, strict=True)}
