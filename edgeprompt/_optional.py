@@ -25,6 +25,11 @@ _EXTRA = {
 }
 
 
+def install_hint(extra: str) -> str:
+    """The one way an error names what to install: ``pip install "edgeprompt[EXTRA]"``."""
+    return f'pip install "edgeprompt[{extra}]"'
+
+
 def available(module: str) -> bool:
     """True when ``module`` can be imported (checked with find_spec, nothing is imported)."""
     try:
@@ -40,6 +45,4 @@ def require(module: str, extra: str | None = None, why: str = "") -> ModuleType:
     except ImportError as e:
         extra = extra or _EXTRA.get(module, "train")
         purpose = f" ({why})" if why else ""
-        raise MissingDependencyError(
-            f"'{module}' is not installed{purpose}: pip install \"edgeprompt[{extra}]\""
-        ) from e
+        raise MissingDependencyError(f"'{module}' is not installed{purpose}: {install_hint(extra)}") from e

@@ -107,10 +107,10 @@ def _current_world(data: Path, seed: int) -> bool:
 
 def _export_and_check(run_dir: Path, bundle: Path, test: Path, torch_top1: float, rep: Reporter) -> dict[str, Any]:
     """Export ``run_dir`` and compare the bundle's top-1 on ``test`` (torch-free runtime) with torch's."""
-    from edgeprompt._optional import available
+    from edgeprompt._optional import available, install_hint
 
     if not (available("onnx") and available("onnxruntime")):
-        return {"skipped": 'onnx / onnxruntime not installed: pip install "edgeprompt[export]"'}
+        return {"skipped": f"onnx / onnxruntime not installed: {install_hint('export')}"}
     from edgeprompt.config import ExportConfig
     from edgeprompt.data import load_labeled
     from edgeprompt.export import export

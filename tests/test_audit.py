@@ -164,3 +164,14 @@ def test_probe_scores_are_out_of_sample_and_the_audit_knows_its_strength() -> No
     assert weak["classifier_accuracy_est"] == pytest.approx(c, abs=1e-4) and not weak["reliable"]
     clean = self_assessment(agree, np.eye(4) / 4)  # labels that look clean: a strong classifier is enough
     assert clean["reliable"] and not self_assessment(0.5, np.eye(4) / 4)["reliable"]
+
+
+def test_a_missing_scikit_learn_names_the_audit_extra(monkeypatch) -> None:  # noqa: ANN001
+    import sys
+
+    from edgeprompt.audit.run import _probe
+    from edgeprompt.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "sklearn.linear_model", None)
+    with pytest.raises(MissingDependencyError, match=r'the audit\'s probe\): pip install "edgeprompt\[audit\]"'):
+        _probe(1.0, 0)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeprompt._optional import install_hint, require
 from edgeprompt.artifact import run_data
 from edgeprompt.backbone import create_backbone, resolve_device
 from edgeprompt.config import AuditConfig, TrainConfig, resolve_tune
@@ -90,10 +91,7 @@ def _unit_centre(feats: Features) -> np.ndarray:
 
 def _probe(c: float, seed: int) -> Any:
     """An unfitted multinomial logistic regression (scikit-learn's solver, not ours: it is the reference)."""
-    try:
-        from sklearn.linear_model import LogisticRegression
-    except ImportError as e:
-        raise MissingDependencyError('the audit\'s probe needs scikit-learn: pip install "edgeprompt[audit]"') from e
+    LogisticRegression = require("sklearn.linear_model", "audit", "the audit's probe").LogisticRegression  # noqa: N806
     return LogisticRegression(C=c, max_iter=3000, random_state=seed)
 
 
@@ -184,7 +182,7 @@ def confident_learning(given: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
         from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores
     except ImportError as e:
-        raise MissingDependencyError('the label audit needs cleanlab: pip install "edgeprompt[audit]"') from e
+        raise MissingDependencyError(f"the label audit needs cleanlab: {install_hint('audit')}") from e
     probs = np.clip(probs, 1e-12, None)
     probs = probs / probs.sum(1, keepdims=True)
     flagged = find_label_issues(given, probs, filter_by="prune_by_noise_rate")

@@ -65,7 +65,7 @@ def check_formats(names: list[str]) -> list[str]:
         MissingDependencyError: A package a format needs is not installed (names the pip extra).
     """
     from edgeprompt._gpu import TRT_MISSING
-    from edgeprompt._optional import available
+    from edgeprompt._optional import available, install_hint
 
     for name in names:
         if name not in FORMATS:
@@ -75,8 +75,7 @@ def check_formats(names: list[str]) -> list[str]:
         if missing:
             if name == "trt":
                 raise MissingDependencyError(TRT_MISSING)
-            raise MissingDependencyError(f"exporting {name} needs {', '.join(missing)}: "
-                                         f'pip install "edgeprompt[{fmt.extra}]"')
+            raise MissingDependencyError(f"exporting {name} needs {', '.join(missing)}: {install_hint(fmt.extra)}")
     return [n for n in FORMATS if n in names]
 
 

@@ -52,12 +52,11 @@ _TIMEOUT_S = 3 * 3600
 
 def require_quantizer(name: str) -> None:
     """Raise one line naming the pip extra when the packages of quantizer ``name`` are missing (imports nothing)."""
-    from edgeprompt._optional import available
+    from edgeprompt._optional import available, install_hint
 
     missing = [m for m in NEEDS[name] if not available(m)]
     if missing:
-        raise MissingDependencyError(f"--int8-quantizer {name} needs {', '.join(missing)}: "
-                                     f'pip install "edgeprompt[int8]"')
+        raise MissingDependencyError(f"--int8-quantizer {name} needs {', '.join(missing)}: {install_hint('int8')}")
 
 
 # --- which nodes stay float ------------------------------------------------------------------------------------

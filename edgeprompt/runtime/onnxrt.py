@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeprompt._gpu import cuda_gpu_status
-from edgeprompt._optional import available
+from edgeprompt._optional import available, install_hint
 from edgeprompt.errors import ArtifactError, ConfigError, MissingDependencyError
 from edgeprompt.manifest import IOSpec
 from edgeprompt.runtime.base import check_pixels
@@ -48,7 +48,7 @@ def ort_status(backend: str) -> str | None:
     if backend not in PROVIDERS:
         raise ConfigError(f"unknown onnxruntime backend {backend!r}: use one of {sorted(PROVIDERS)}")
     if not available("onnxruntime"):
-        return 'onnxruntime not installed: pip install "edgeprompt[ort]" (or "edgeprompt[ort-gpu]")'
+        return f"onnxruntime not installed: {install_hint('ort')} (or {install_hint('ort-gpu')})"
     if backend == "ort-cpu":
         return None
     import onnxruntime as ort
