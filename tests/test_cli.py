@@ -152,3 +152,18 @@ def test_threads_is_one_setting_for_torch_onnxruntime_and_decoding(tmp_path: Pat
     monkeypatch.setenv(ENV, "two")
     with pytest.raises(ConfigError, match="EDGEPROMPT_THREADS='two'"):
         configured()
+
+
+def test_one_opt_syntax_for_every_verb() -> None:
+    from edgeprompt.cli.ui import parse_options
+    from edgeprompt.errors import ConfigError
+
+    assert parse_options(["n_ctx=4", "coop.class_specific=true"], ["coop"]) == {
+        "coop": {"n_ctx": 4, "class_specific": True}}
+    # bare keys go to every method that has them; METHOD. to one
+    got = parse_options(["ot_warmup=2", "coop.n_ctx=8", "ctx_init=a photo of a"], ["zeroshot", "coop", "visprompt"])
+    assert got["visprompt"]["ot_warmup"] == 2 and "ot_warmup" not in got.get("coop", {})
+    assert got["coop"]["n_ctx"] == 8 and got["coop"]["ctx_init"] == "a photo of a"
+    for bad, words in ((["dspt.n_ctx=4"], "not a method of this command"), (["n_ctx"], "KEY=VALUE")):
+        with pytest.raises(ConfigError, match=words):
+            parse_options(bad, ["coop"])

@@ -212,8 +212,8 @@ CASES: list[Case] = [
                                            str(w["data"])], "overlaps the training data"),
     ("sweep-bad-protocol", lambda w, m, o: ["sweep", str(w["data"]), "--test", str(w["data"]), "--out", str(o),
                                             "--protocol", "fast"], "--protocol"),
-    ("sweep-option-without-method", lambda w, m, o: ["sweep", str(w["data"]), "--test", str(w["data"]), "--out",
-                                                     str(o), "--opt", "ot_warmup=2"], "name the method"),
+    ("sweep-option-no-method-has", lambda w, m, o: ["sweep", str(w["data"]), "--test", str(w["data"]), "--out",
+                                                    str(o), "--opt", "ot_warmpu=2"], "Did you mean 'ot_warmup'"),
     # audit
     ("audit-one-fold", lambda w, m, o: ["audit", str(w["data"]), "--out", str(o), "--folds", "1"], "--folds"),
     ("audit-prior-weight", lambda w, m, o: ["audit", str(w["data"]), "--out", str(o), "--prior-weight", "2"],

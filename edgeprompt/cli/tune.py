@@ -40,7 +40,7 @@ def tune(
     ctx_init: Annotated[str | None, typer.Option(help="Words the context starts from, right before the class name (default 'a photo of a'; '' = random).", rich_help_panel="Method")] = None,
     position: Annotated[str | None, typer.Option(help="Class token position: end | middle | front.", rich_help_panel="Method")] = None,
     csc: Annotated[bool | None, typer.Option("--csc/--shared-ctx", help="Class-specific context.", rich_help_panel="Method")] = None,
-    opt: Annotated[list[str] | None, typer.Option("--opt", help="Any method option as KEY=VALUE (repeatable).", rich_help_panel="Method")] = None,
+    opt: Annotated[list[str] | None, typer.Option("--opt", help="A method option, [METHOD.]KEY=VALUE (repeatable; see `edgeprompt models`).", rich_help_panel="Method")] = None,
     model: Annotated[str, typer.Option(help="open_clip model name.", rich_help_panel="Backbone")] = _TUNE["model"],
     pretrained: Annotated[str, typer.Option(help="Pretrained tag (downloads), local checkpoint path, 'shapes' for the shipped tiny model, or 'none'.", rich_help_panel="Backbone")] = _TUNE["pretrained"],
     shots: Annotated[int, typer.Option(help="Samples per class (0 = all).", rich_help_panel="Data")] = _TUNE["shots"],
@@ -71,7 +71,7 @@ def tune(
 
     options = {k: v for k, v in dict(loss=loss, gce_q=gce_q, n_ctx=n_ctx, ctx_init=ctx_init, position=position,
                                      class_specific=csc).items() if v is not None}
-    options.update(parse_options(opt or []))
+    options.update(parse_options(opt or [], [method]).get(method, {}))
     cfg = TuneConfig(
         train=str(train), out=str(out), method=method, method_options=options, protocol=protocol, model=model,
         pretrained=pretrained, shots=shots, noise=noise, val=str(val) if val else None, views=views,
@@ -129,7 +129,7 @@ def sweep(
     pretrained: Annotated[str, typer.Option(help="Pretrained tag or checkpoint path.")] = _SWEEP["pretrained"],
     views: Annotated[int, typer.Option(help="Augmented views per image in the feature cache.")] = _SWEEP["views"],
     crop_scale: Annotated[float | None, typer.Option(help="Smallest random-resized-crop area (default: by image size).")] = None,
-    opt: Annotated[list[str] | None, typer.Option("--opt", help="A method option for one method, METHOD.KEY=VALUE (repeatable), e.g. visprompt.ot_warmup=2.")] = None,
+    opt: Annotated[list[str] | None, typer.Option("--opt", help="A method option, [METHOD.]KEY=VALUE (repeatable): METHOD. for one method (visprompt.ot_warmup=2), bare for every method that has it.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache directory (on a cluster: a path every node reaches, see docs/scale-out.md).")] = None,
     jobs: Annotated[int, typer.Option(help="Cells at once, in local worker processes (2 on a 2-core machine is about twice as fast).")] = _SWEEP["jobs"],
     ray: Annotated[bool, typer.Option("--ray", help="Run each cell as a Ray task (needs the ray extra of edgeprompt).", rich_help_panel="Ray")] = _SWEEP["ray"],
@@ -149,14 +149,7 @@ def sweep(
     from edgeprompt.config import split_list
     from edgeprompt.sweep.run import markdown
 
-    per_method: dict[str, dict[str, Any]] = {}
-    for key, value in parse_options(opt or []).items():
-        m, dot, k = key.partition(".")
-        if not dot or not m or not k:
-            from edgeprompt.errors import ConfigError
-
-            raise ConfigError(f"--opt {key}=…: name the method, e.g. --opt visprompt.ot_warmup=2")
-        per_method.setdefault(m, {})[k] = value
+    per_method = parse_options(opt or [], split_list(methods, "--methods"))
     cfg = SweepConfig(
         train=str(train), test=str(test), out=str(out), methods=split_list(methods, "--methods"),
         losses=split_list(losses, "--losses"), noise=tuple(noise or _SWEEP["noise"]), protocol=protocol,
@@ -209,7 +202,7 @@ def audit(
     scorer: Annotated[str, typer.Option(help="The out-of-sample classifier: probe (logistic regression on the frozen features, the default) | prompt (--method tuned per fold).")] = _AUDIT["scorer"],
     probe_c: Annotated[float, typer.Option(help="The probe's inverse regularisation strength (scikit-learn's C).")] = _AUDIT["probe_c"],
     method: Annotated[str, typer.Option("--method", "-m", help="With --scorer prompt: the robust prompt tuned on the other folds.")] = _AUDIT["method"],
-    opt: Annotated[list[str] | None, typer.Option("--opt", help="A method option as KEY=VALUE (repeatable).")] = None,
+    opt: Annotated[list[str] | None, typer.Option("--opt", help="A method option, [METHOD.]KEY=VALUE (repeatable).")] = None,
     protocol: Annotated[str, typer.Option(help=PROTOCOL_HELP)] = _AUDIT["protocol"],
     folds: Annotated[int, typer.Option(help="K of the K-fold cross-fitting (each sample is scored by a prompt that never saw it).")] = _AUDIT["folds"],
     epochs: Annotated[int | None, typer.Option(help="Epochs per fold (default: the protocol's).")] = None,
@@ -233,7 +226,7 @@ def audit(
     from edgeprompt import api
 
     cfg = AuditConfig(train=str(train), out=str(out), run=str(run) if run else None, method=method,
-                      method_options=parse_options(opt or []), protocol=protocol, folds=folds, epochs=epochs,
+                      method_options=parse_options(opt or [], [method]).get(method, {}), protocol=protocol, folds=folds, epochs=epochs,
                       prior_weight=prior_weight, write_fixed=str(write_fixed) if write_fixed else None,
                       relabel_threshold=relabel_threshold, drop=drop, force_fixed=force_fixed, scorer=scorer,
                       probe_c=probe_c, model=model, pretrained=pretrained, top=top,

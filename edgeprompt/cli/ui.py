@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -236,17 +237,40 @@ JSON = Annotated[bool, typer.Option("--json", help="Print one JSON object as the
 PROTOCOL_HELP = "default (context starts from the zero-shot template) | paper (16 random tokens, 200 epochs)."
 
 
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` method options; values are parsed as JSON when they can be (numbers, true/false)."""
-    from edgeprompt.errors import ConfigError
+def parse_options(pairs: list[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--opt [METHOD.]KEY=VALUE``, the one syntax of every verb, into method -> {key: value}.
 
-    out: dict[str, Any] = {}
+    ``METHOD.KEY`` sets the option of that method (one of ``methods``); a bare ``KEY`` sets it for every method of
+    ``methods`` that has the option. Values are JSON when they parse (numbers, true/false), text otherwise; each is
+    checked against its field's type when the method's config is built.
+    """
+    from edgeprompt.errors import ConfigError
+    from edgeprompt.methods.base import method_config_class
+
+    fields = {m: {f.name for f in dataclasses.fields(method_config_class(m))} for m in methods}
+    out: dict[str, dict[str, Any]] = {}
     for item in pairs:
-        key, sep, value = item.partition("=")
+        key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--opt {item!r}: expected KEY=VALUE, e.g. --opt n_ctx=4")
+            raise ConfigError(f"--opt {item!r}: expected [METHOD.]KEY=VALUE, e.g. --opt n_ctx=4 or --opt "
+                              f"visprompt.ot_warmup=2")
         try:
-            out[key.strip()] = json.loads(value)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            out[key.strip()] = value
+            value = raw
+        method, dot, name = key.rpartition(".")
+        if dot and method not in fields:
+            raise ConfigError(f"--opt {key}: {method!r} is not a method of this command ({', '.join(methods)})")
+        targets = [method] if dot else [m for m in methods if name in fields[m]]
+        if not targets and len(methods) == 1:
+            targets = list(methods)  # the method's own config says what it accepts, with a suggestion
+        elif not targets:
+            from edgeprompt.registry import suggest
+
+            known = sorted(set().union(*fields.values()))
+            raise ConfigError(f"--opt {key}: none of {', '.join(methods)} has an option {name!r}.{suggest(name, known)}"
+                              f" Name one method with METHOD.{name}=…")
+        for m in targets:
+            out.setdefault(m, {})[name] = value
     return out
