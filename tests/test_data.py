@@ -142,9 +142,10 @@ def test_flip_map(tmp_path: Path) -> None:
     assert len(flipped) == 5 and all(labels[i] == 2 and noisy[i] == 0 for i in flipped)
 
 
-@pytest.mark.parametrize("bad", ["gaussian:0.2", "sym:1.5", "sym:abc", "map:0.3"])
-def test_bad_noise_specs(bad: str) -> None:
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize(("bad", "words"), [("gaussian:0.2", "Use none, sym:R"), ("sym:1.5", r"must be in \[0, 1\)"),
+                                           ("sym:abc", "is not a number"), ("map:0.3", "expected map:FILE:RATE")])
+def test_bad_noise_specs(bad: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
         parse_noise(bad)
 
 

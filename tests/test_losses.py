@@ -64,7 +64,7 @@ def test_gce_limits_and_mae() -> None:
     y = torch.randint(7, (32,))
     assert torch.allclose(losses.gce(z, y, 1.0), losses.mae(z, y), atol=1e-5)
     assert abs(losses.gce(z, y, 1e-3).item() - losses.ce(z, y).item()) < 0.05
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="0 < q <= 1"):
         losses.gce(z, y, 0.0)
 
 

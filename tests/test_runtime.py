@@ -68,7 +68,7 @@ def test_paths_and_top_k_capped(bundle: Path, tmp_path: Path) -> None:
     from_images = predictor.predict(_images(3), top_k=50)
     assert all(len(p) == len(CLASSES) for p in from_paths)
     assert [[x.index for x in p] for p in from_paths] == [[x.index for x in p] for p in from_images]
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="top-k must be >= 1"):
         predictor.predict(paths, top_k=0)
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     with pytest.raises(DataError, match="broken.jpg"):
@@ -161,7 +161,7 @@ def test_latency_and_reports(bundle: Path) -> None:
     assert known.p90_ms == pytest.approx(7.9) and known.throughput == pytest.approx(2000.0)  # 8 images / 4 ms
     timed = measure_latency(runtime, batch=1, warmup=0, warmup_seconds=0.01, iters=1, seconds=0.05)
     assert timed.iters >= 1 and timed.warmup_iters >= 1
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="need batch >= 1"):
         measure_latency(runtime, batch=0)
 
     rows = [res.to_dict(), {**timed.to_dict(), "provider": "a|b"}]

@@ -13,7 +13,7 @@ from edgeprompt.sweep import run as sw
 
 def test_noise_groups_and_cells() -> None:
     assert sw.parse_noise_groups(["sym:0,0.5", "asym:0.25"]) == [("sym", 0.0), ("sym", 0.5), ("asym", 0.25)]
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="expected sym:R1,R2"):
         sw.parse_noise_groups(["gauss:0.1"])
     cfg = sw.SweepConfig(train="t", test="t", out="o", methods=("zeroshot", "coop", "dspt"), losses=("ce", "mae"),
                          noise=("sym:0,0.5",), seeds=2)
