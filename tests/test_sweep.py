@@ -28,9 +28,20 @@ def test_sweep_runs_resumes_and_reports(tiny_model, image_folder, cache_dir, tmp
     cfg = sw.SweepConfig(train=str(image_folder), test=str(image_folder), out=str(tmp_path / "sweep"),
                          methods=("zeroshot", "coop", "dspt"), noise=("sym:0,0.5",), shots=4, seeds=2,
                          model=tiny_model, pretrained="none", epochs=2, views=2, cache_dir=str(cache_dir))
-    summary = api.sweep(cfg)
+    from edgeprompt.progress import NullReporter
+
+    class Lines(NullReporter):
+        said: list[str] = []
+
+        def message(self, text: str) -> None:
+            self.said.append(text)
+
+    summary = api.sweep(cfg, Lines())
     out = tmp_path / "sweep"
     assert summary["cells"] == 10 and summary["zeroshot"] is not None
+    # the cost is said before the work and estimated from the first tuned cell
+    assert Lines.said[0].startswith("sweep: 10 cells to run (0 already done), 2 epochs each")
+    assert any(line.startswith("sweep: ") and " min for the other " in line for line in Lines.said[1:])
     assert {(t["row"], t["rate"]) for t in summary["table"]} == {("coop-ce", 0.0), ("coop-ce", 0.5),
                                                                   ("dspt", 0.0), ("dspt", 0.5)}
     md = (out / "results.md").read_text()

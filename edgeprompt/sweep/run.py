@@ -197,11 +197,23 @@ def run_sweep(cfg: SweepConfig, reporter: Reporter | None = None) -> dict[str, A
                 # a cell killed mid-run (Ctrl-C on Ray, a lost node) can leave its run directory's lock behind,
                 # naming a host that may not run it again; holding the sweep's lock, we are its only writer
                 lock_path(run_dir_of(out, cell)).unlink(missing_ok=True)
+        epochs = cfg.epochs if cfg.epochs is not None else PROTOCOLS[cfg.protocol].epochs
+        if pending:
+            rep.message(f"sweep: {len(pending)} cells to run ({len(todo) - len(pending)} already done), {epochs} "
+                        f"epochs each, {cfg.jobs if not cfg.ray else 'Ray'} at once; the time estimate follows the "
+                        f"first cell")
         t0 = time.perf_counter()
+        estimated = False
         for ran, (cell, record) in enumerate(executor.run(run_cell, pending, cfg), start=1):
             atomic_write_json(cell_file(out, cell), record)
             done[cell["name"]] = record
             elapsed = time.perf_counter() - t0  # wall time per finished cell: parallel cells make it shorter
+            if not estimated and record["method"] != "zeroshot" and ran < len(pending):
+                estimated = True  # a tuned cell's wall time, spread over the cells running at once
+                at_once = 1 if cfg.ray else max(1, cfg.jobs)
+                rest = elapsed / ran * (len(pending) - ran) / (at_once if ran == 1 else 1)
+                rep.message(f"sweep: {ran} cells in {elapsed:.0f} s: about {rest / 60:.0f} min for the other "
+                            f"{len(pending) - ran} (VisPrompt's cells are slower than the others)")
             tick(len(done), len(todo), cell=cell["name"], top1=record["top1"],
                  eta_min=round(elapsed / ran * (len(pending) - ran) / 60, 1))
         results = [done[c["name"]] for c in todo]  # the cells' order, however they finished
