@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -36,8 +36,32 @@ RANDOM_TAGS = ("none", "random")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
-def _register_tiny() -> None:
-    """Register edgeprompt's own model configs and any listed in ``$EDGEPROMPT_MODEL_CONFIGS``.
+PLUGIN_GROUP = "edgeprompt.backbones"  # entry points: a callable that registers models, returns {model: {tag: loader}}
+
+
+@lru_cache(maxsize=1)
+def local_weights() -> dict[str, dict[str, Callable[[], dict[str, torch.Tensor]]]]:
+    """Model name -> pretrained tag -> a loader of weights that ship with a package (no download).
+
+    Packages offer models through the ``edgeprompt.backbones`` entry-point group (the offline world's tiny CLIP is
+    one: ``edgeprompt.world.tiny:register``), so the backbone never imports them by name.
+    """
+    from importlib.metadata import entry_points
+
+    out: dict[str, dict[str, Callable[[], dict[str, torch.Tensor]]]] = {}
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            provided = ep.load()()
+        except Exception as e:  # a broken plugin must not take the real models down with it
+            log.warning("backbone plugin %s failed to load (%s): its models are unavailable", ep.name, e)
+            continue
+        for model, tags in provided.items():
+            out.setdefault(model, {}).update(tags)
+    return out
+
+
+def _register_models() -> None:
+    """Register the plugins' model configs and any listed in ``$EDGEPROMPT_MODEL_CONFIGS``.
 
     ``EDGEPROMPT_MODEL_CONFIGS`` holds open_clip JSON config files or folders (``os.pathsep``-separated), so a custom
     architecture can be used by name from the CLI; the config's file name (without ``.json``) is the model name.
@@ -48,26 +72,18 @@ def _register_tiny() -> None:
         if not Path(entry).exists():
             raise ConfigError(f"EDGEPROMPT_MODEL_CONFIGS lists {entry}, which does not exist")
         open_clip.add_model_config(entry)
-    try:
-        from edgeprompt.world import tiny
-    except ImportError:  # the offline world is optional for the backbone itself
-        return
-    tiny.register()
+    local_weights()  # each plugin registers its configs when it is loaded
 
 
 def list_backbones() -> dict[str, list[str]]:
-    """Model name -> known pretrained tags (open_clip's hub tags plus edgeprompt's shipped weights)."""
+    """Model name -> known pretrained tags (open_clip's hub tags plus the plugins' shipped weights)."""
     import open_clip
 
-    _register_tiny()
+    _register_models()
     out: dict[str, list[str]] = {name: [] for name in open_clip.list_models()}
     for name, tag in open_clip.list_pretrained():
         out.setdefault(name, []).append(tag)
-    try:
-        from edgeprompt.world.tiny import TINY_PRETRAINED
-    except ImportError:
-        TINY_PRETRAINED = {}
-    for name, tags in TINY_PRETRAINED.items():
+    for name, tags in local_weights().items():
         out.setdefault(name, []).extend(t for t in tags if t not in out[name])
     return out
 
@@ -89,7 +105,7 @@ def weights_fingerprint(model: nn.Module) -> str:
 def _build_open_clip(model: str, pretrained: str | None) -> nn.Module:
     import open_clip
 
-    _register_tiny()
+    _register_models()
     names = open_clip.list_models()
     if model not in names:
         raise ConfigError(f"unknown model {model!r}.{suggest(model, names)} See `edgeprompt models` for the list")
@@ -100,14 +116,11 @@ def _build_open_clip(model: str, pretrained: str | None) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             return open_clip.create_model(model, pretrained=None)
-    try:
-        from edgeprompt.world.tiny import TINY_PRETRAINED, load_tiny_state_dict
-    except ImportError:
-        TINY_PRETRAINED = {}
-    if tag in TINY_PRETRAINED.get(model, {}):
+    shipped = local_weights().get(model, {})
+    if tag in shipped:
         with _quiet_open_clip():  # its "initialized randomly" warning is false here: the weights load next
             m = open_clip.create_model(model, pretrained=None)
-        m.load_state_dict(load_tiny_state_dict(model, tag), strict=True)
+        m.load_state_dict(shipped[tag](), strict=True)
         return m
     if _looks_like_path(tag):
         path = tag.removeprefix("local-dir:")

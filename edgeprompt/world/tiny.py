@@ -40,12 +40,17 @@ TINY_PRETRAINED: dict[str, dict[str, str]] = {MODEL_NAME: {"shapes": "edgeprompt
 _ROWS, _VALUES = "token_embedding.rows", "token_embedding.values"
 
 
-def register() -> None:
-    """Make ``edgeprompt-tiny`` known to open_clip (``create_model``, ``get_tokenizer``); safe to call often."""
+def register() -> dict[str, dict[str, Any]]:
+    """Make ``edgeprompt-tiny`` known to open_clip (``create_model``, ``get_tokenizer``) and offer its shipped
+    weights: the ``edgeprompt.backbones`` entry point (pyproject.toml) the backbone discovers; safe to call often."""
+    import functools
+
     import open_clip
 
     if MODEL_NAME not in open_clip.list_models():
         open_clip.add_model_config(CONFIG_PATH)  # takes a path; the file stem is the model name
+    return {model: {tag: functools.partial(load_tiny_state_dict, model, tag) for tag in tags}
+            for model, tags in TINY_PRETRAINED.items()}
 
 
 def model_config(model: str = MODEL_NAME) -> dict[str, Any]:
