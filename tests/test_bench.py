@@ -19,12 +19,18 @@ def test_tune_export_bench_predict(tiny_model, image_folder, cache_dir, tmp_path
                                    out=str(tmp_path / "b")))
     ran = {r["backend"] for r in result["rows"]}
     assert {"torch", "ort-cpu"} <= ran
-    assert {"trt", "ort-trt"} <= set(result["unavailable"])
+    # what this machine cannot run is reported with its reason, whatever the machine (no TensorRT here; a bundle
+    # without model.engine on a TensorRT machine), and none of it ran
+    from edgeprompt.runtime import available_backends
+
+    lacking = {b for b, why in available_backends().items() if why} | {"trt"}  # no engine in this bundle either way
+    assert set(result["unavailable"]) == lacking and not ran & lacking
+    assert all(isinstance(why, str) and len(why) > 10 for why in result["unavailable"].values())
     assert all(r["p50_ms"] > 0 and r["img_per_s"] > 0 and r["e2e_p50_ms"] > 0 for r in result["rows"])
     ort = [r for r in result["rows"] if r["backend"] == "ort-cpu"]
     assert [r["batch"] for r in ort] == [1, 2] and ort[0]["agreement"] == 1.0  # same predictions as torch
     md = (tmp_path / "b" / "bench.md").read_text()
-    assert "| backend" in md and "`trt` unavailable" in md
+    assert "| backend" in md and all(f"`{b}` unavailable" in md for b in lacking)
     assert json.loads((tmp_path / "b" / "bench.json").read_text())["n_images"] == 18
     # predict agrees with bench's accuracy numbers: same runtime, same preprocessing
     pred = api.predict(bundle, [image_folder], top_k=1, backend="ort-cpu")
