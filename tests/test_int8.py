@@ -155,7 +155,10 @@ def test_int8_bundle_predicts_like_its_fp32_graph(int8_bundle: tuple[Path, dict[
     got = predictor.run(pixels)[OUTPUT_LOGITS]
     ref = OrtRuntime(bundle / ONNX_FP32_FILE, predictor.manifest.io, "ort-cpu", threads=1).run(pixels)[OUTPUT_LOGITS]
     scale = predictor.manifest.logit_scale
-    assert got.shape == ref.shape and np.abs(got - ref).max() < 0.2 * scale  # quantized, not another model
+    # measured: max |diff| 0.4-0.5 % of the logit scale, correlation 0.9985-0.9988 (both quantizers); another model's
+    # logits are nowhere near either bound
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 0.03 * scale
+    assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.99
     assert not np.array_equal(got, ref)  # ... and really quantized
 
 
