@@ -119,7 +119,7 @@ def test_audit_report_fixed_manifest_and_untouched_data(tiny_model: str, tmp_pat
 
 def test_audit_cli_on_real_looking_problems(tiny_model: str, tmp_path: Path, cache_dir: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.test_errors import run_cli
+    from tests.helpers import run_cli
 
     data = make_folder(tmp_path / "d", per_class=4)
     (data / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")

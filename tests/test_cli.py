@@ -90,7 +90,7 @@ def test_checks_reports_the_machine_and_known_bad_combinations(capsys) -> None: 
     import json
 
     from edgeprompt.checks import known_problems
-    from tests.test_errors import run_cli
+    from tests.helpers import run_cli
 
     code, out, _ = run_cli(["checks", "--json"], capsys)
     r = json.loads(out.strip().splitlines()[-1])
@@ -118,7 +118,7 @@ def test_progress_lines_without_a_terminal_and_quiet_verbose(tiny_model, image_f
 
 
 def test_export_precision_is_one_value_with_two_shorthands(tmp_path: Path, capsys) -> None:  # noqa: ANN001
-    from tests.test_errors import run_cli
+    from tests.helpers import run_cli
 
     for args, words in ((["--fp16", "--int8"], "--int8 or --fp16, not both"),
                         (["--precision", "fp16", "--int8"], "--precision fp16 and --int8 disagree"),

@@ -17,20 +17,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from edgeprompt.cli.main import main
 from edgeprompt.cli.ui import EXIT_CODES
 from tests.conftest import make_folder
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run ``edgeprompt ARGV`` in this process; returns (exit code, stdout, stderr)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="module")

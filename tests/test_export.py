@@ -14,27 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeprompt.config import TrainConfig, TuneConfig
 from edgeprompt.errors import EdgePromptError, ExportError
 from edgeprompt.manifest import INPUT_PIXELS, OUTPUT_LOGITS, OUTPUT_PROBS, IOSpec, Manifest
-
-
-def tune_run(model: str, method: str, data: Path, out: Path, cache: Path, **options: object) -> Path:
-    """A tiny tuning run (2 epochs, 1 view) through the public API; returns the run directory."""
-    from edgeprompt.api import tune
-
-    cfg = TuneConfig(train=str(data), out=str(out), method=method, model=model, pretrained="none", shots=0,
-                     views=1, cache_dir=str(cache), method_options=dict(options),
-                     train_cfg=TrainConfig(epochs=2, batch_size=8, device="cpu", eval_every=0))
-    return Path(tune(cfg)["run_dir"])
-
-
-def export_run(run: Path | str, out: Path | str, **kw: Any) -> dict[str, Any]:
-    """``edgeprompt.export.export_run`` with an ExportConfig built from keywords."""
-    from edgeprompt.config import ExportConfig
-    from edgeprompt.export import export_run as run_export
-
-    return run_export(ExportConfig(source=str(run), out=str(out), **kw))
+from tests.helpers import export_run, tune_run
 
 
 def torch_logits_of(run_dir: Path, pixels: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from edgeprompt.config import ExportConfig, Int8Config
 from edgeprompt.errors import ConfigError, ExportError
 from edgeprompt.manifest import ONNX_FILE, ONNX_FP32_FILE, OUTPUT_LOGITS, Manifest
 from tests.conftest import make_folder
-from tests.test_export import export_run, tune_run
+from tests.helpers import export_run, tune_run
 from tests.test_runtime import _NO_TORCH
 
 pytest.importorskip("onnxruntime")

@@ -46,7 +46,7 @@ def test_the_quick_start_block_is_found_and_every_line_is_known() -> None:
 def test_the_quick_start_runs_as_written(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
     from PIL import Image
 
-    from tests.test_errors import run_cli
+    from tests.helpers import run_cli
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EDGEPROMPT_CACHE", str(tmp_path / "cache"))

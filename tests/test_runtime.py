@@ -233,7 +233,7 @@ def test_predict_streams_jsonl_and_csv_and_reads_paths_from_stdin(tmp_path: Path
     import json
 
     from tests.conftest import make_folder
-    from tests.test_errors import run_cli
+    from tests.helpers import run_cli
 
     write_tiny_bundle(tmp_path / "b")
     data = make_folder(tmp_path / "imgs", per_class=2, size=16)

@@ -78,7 +78,7 @@ def test_every_and_max_frames(tmp_path: Path) -> None:
 
 
 def test_predict_source_cli_writes_a_line_per_frame_and_a_summary(bundle: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
-    from tests.test_errors import run_cli
+    from tests.helpers import run_cli
 
     video = _video(tmp_path / "clip.avi", _frames(10))
     code, out, err = run_cli(["predict", str(bundle), "--source", str(video), "--max-frames", "4", "-k", "1"], capsys)
@@ -100,7 +100,7 @@ def test_predict_source_cli_writes_a_line_per_frame_and_a_summary(bundle: Path, 
 ])
 def test_predict_source_bad_input_is_one_line(bundle: Path, tmp_path: Path, capsys, monkeypatch, args, code,  # noqa: ANN001
                                               words) -> None:
-    from tests.test_errors import run_cli
+    from tests.helpers import run_cli
 
     _video(tmp_path / "clip.avi", _frames(3))
     monkeypatch.chdir(tmp_path)

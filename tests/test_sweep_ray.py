@@ -150,7 +150,7 @@ def test_a_failing_cell_on_ray_is_the_cell_s_own_one_line_error(local_ray: Any, 
 
 def test_cli_sweep_on_ray_and_its_option_errors(local_ray: Any, image_folder: Path, cache_dir: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.test_errors import run_cli
+    from tests.helpers import run_cli
 
     args = ["sweep", str(image_folder), "--test", str(image_folder), "--out", str(tmp_path / "sweep"), "--methods",
             "zeroshot", "--seeds", "1", "--model", "edgeprompt-tiny", "--pretrained", "shapes", "--cache-dir",

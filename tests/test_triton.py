@@ -24,7 +24,7 @@ from edgeprompt.errors import ArtifactError, ConfigError
 from edgeprompt.export.triton import config_text, model_config, triton_schema, write_repository
 from edgeprompt.fileio import sha256_file
 from edgeprompt.manifest import ENGINE_FILE, Manifest
-from tests.test_errors import run_cli
+from tests.helpers import run_cli
 from tests.tiny_bundle import CLASSES, SIZE, write_tiny_bundle
 
 ORT_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16"}
@@ -260,7 +260,7 @@ def test_a_tuned_run_exports_straight_into_a_repository(tiny_model: str, image_f
                                                         tmp_path: Path) -> None:
     from edgeprompt.config import ExportConfig
     from edgeprompt.export import export
-    from tests.test_export import tune_run
+    from tests.helpers import tune_run
 
     run = tune_run(tiny_model, "dspt", image_folder, tmp_path / "run", cache_dir, n_ctx=4)
     res = export(ExportConfig(source=str(run), out=str(tmp_path / "bundle"), n_check=4,
