@@ -77,9 +77,9 @@ def test_second_tune_reuses_the_feature_cache(tiny_model, image_folder, cache_di
     first = api.tune(_cfg(tiny_model, image_folder, tmp_path / "a", cache_dir, method="coop"))
     second = api.tune(_cfg(tiny_model, image_folder, tmp_path / "b", cache_dir, method="dspt", noise="sym:0.5"))
     assert first["cache"]["misses"] > 0
-    # every lookup of the first tune (its misses, and the hits of its second look at the same centre views) hits now
-    assert second["cache"]["misses"] == 0
-    assert second["cache"]["hits"] == first["cache"]["misses"] + first["cache"]["hits"]
+    # each image's views and centre are read once per tune (the choice of context shares the centre read)
+    assert first["cache"]["hits"] == 0
+    assert second["cache"]["misses"] == 0 and second["cache"]["hits"] == first["cache"]["misses"]
 
 
 def test_interrupted_run_resumes_to_the_same_result(tiny_model, image_folder, cache_dir, tmp_path) -> None:  # noqa: ANN001

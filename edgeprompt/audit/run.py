@@ -31,6 +31,7 @@ from edgeprompt.features.cache import AugmentSpec, FeatureCache, check_cache_dir
 from edgeprompt.fileio import check_not_inside, check_writable_parent, guard_output, output_lock
 from edgeprompt.methods import create_method
 from edgeprompt.methods.base import batched_logits, build_config, method_config_class
+from edgeprompt.methods.zeroshot import zero_shot_logits
 from edgeprompt.progress import NullReporter, Reporter
 from edgeprompt.train.trainer import TrainSet, fit
 
@@ -166,8 +167,7 @@ STRONG = 0.95  # ... or be at least this accurate (labels that look clean leave 
 
 def zero_shot_probs(backbone: Any, data: LabeledSet, centre: torch.Tensor) -> np.ndarray:
     """(N, C) zero-shot probabilities: the prior that has seen no label."""
-    zs = create_method("zeroshot", backbone, list(data.classnames))
-    return batched_logits(zs, centre).softmax(-1).double().numpy()
+    return zero_shot_logits(backbone, list(data.classnames), centre).softmax(-1).double().numpy()
 
 
 def confident_learning(given: np.ndarray, probs: np.ndarray) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from edgeprompt.backbone import FrozenCLIP, cosine_logits
 from edgeprompt.errors import ConfigError
-from edgeprompt.methods.base import METHODS, FeatureBatch, PromptMethod
+from edgeprompt.methods.base import METHODS, FeatureBatch, PromptMethod, batched_logits
 
 # A small generic ensemble (our own wording); CoOp's single template "a photo of a {}." is the default.
 ENSEMBLE = (
@@ -58,3 +58,9 @@ class ZeroShot(PromptMethod):
 
     def forward(self, batch: FeatureBatch) -> torch.Tensor:
         return cosine_logits(batch.pooled, self.class_features, self.scale)
+
+
+def zero_shot_logits(backbone: FrozenCLIP, classnames: list[str], centre: torch.Tensor) -> torch.Tensor:
+    """(N, C) logits of the default template for (N, E) centre-view features: the prior that has seen no label
+    (the audit mixes it in; ``tune`` reads from it which class names the model does not know)."""
+    return batched_logits(ZeroShot(backbone, list(classnames), ZeroShotConfig()), centre)

@@ -31,6 +31,7 @@ from edgeprompt.fileio import atomic_write_json, guard_output, output_lock, repl
 from edgeprompt.manifest import Manifest
 from edgeprompt.methods import create_method
 from edgeprompt.methods.base import batched_logits, build_config, method_config_class
+from edgeprompt.methods.zeroshot import zero_shot_logits
 from edgeprompt.progress import NullReporter, Reporter
 from edgeprompt.train.evaluate import classification_report, noisy_train_report
 from edgeprompt.train.trainer import EvalSet, TrainSet, fit
@@ -108,10 +109,11 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
     backbone = create_backbone(cfg.model, cfg.pretrained, device)
     cache = FeatureCache(backbone, cfg.cache_dir)
     names = [f.name for f in dataclasses.fields(method_config_class(cfg.method))]
-    context_note = None
+    context_note, centre = None, None
     if "class_specific" in names and "class_specific" not in cfg.options and cfg.protocol == "default":
         centre, _ = cache.features(few.paths, None, False, rep.task("encoding train (centre)"))
-        unknown = unknown_names(zero_shot_predictions(backbone, few.classnames, centre), few.num_classes)
+        pred = zero_shot_logits(backbone, list(few.classnames), centre).argmax(-1).numpy()
+        unknown = unknown_names(pred, few.num_classes)
         use_csc = len(unknown) >= AUTO_CSC_SHARE * few.num_classes
         cfg = dataclasses.replace(cfg, method_options={**cfg.options, "class_specific": use_csc})
         context_note = context_choice(unknown, few.classnames, use_csc)
@@ -125,7 +127,10 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
     tokens = method.needs_tokens
     aug = AugmentSpec(views=cfg.views, scale=(float(cfg.crop_scale or COOP_CROP), 1.0))
     pooled, tok = cache.features(few.paths, aug, tokens, rep.task("encoding train views"))
-    eval_pooled, eval_tok = cache.features(few.paths, None, tokens, rep.task("encoding train (centre)"))
+    if centre is not None and not tokens:  # read once already, for the choice of context
+        eval_pooled, eval_tok = centre, None
+    else:
+        eval_pooled, eval_tok = cache.features(few.paths, None, tokens, rep.task("encoding train (centre)"))
     val_set = None
     if val is not None:
         vp, vt = cache.features(val.paths, None, tokens, rep.task("encoding validation"))
@@ -193,12 +198,6 @@ def _agreement(method: Any, data: TrainSet) -> float:
 # its own context. Counting predictions, not correct ones, keeps the rule blind to label noise.
 UNKNOWN_NAME_SHARE = 0.25
 AUTO_CSC_SHARE = 0.25
-
-
-def zero_shot_predictions(backbone: Any, classnames: Sequence[str], centre: torch.Tensor) -> np.ndarray:
-    """The zero-shot template's top-1 class for each (N, E) centre-view feature: (N,) int."""
-    zs = create_method("zeroshot", backbone, list(classnames)).to(centre.device)
-    return batched_logits(zs, centre, None).argmax(-1).cpu().numpy()
 
 
 def unknown_names(pred: np.ndarray, num_classes: int) -> list[int]:
