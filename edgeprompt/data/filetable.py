@@ -90,20 +90,16 @@ class FileTable:
             return found
 
         known = self._query(select) or {}
-        out: list[str] = []
+        # the remembered value where the file is unchanged, else None: computed below
+        out: list[str | None] = [h[2] if (h := known.get(k)) and h[:2] == (st.st_size, st.st_mtime_ns) else None
+                                 for k, st in zip(keys, stats, strict=True)]
+        todo = [i for i, v in enumerate(out) if v is None]
         fresh: list[tuple[str, int, int, str]] = []
-        todo = sum(1 for k, st in zip(keys, stats, strict=True)
-                   if (h := known.get(k)) is None or h[:2] != (st.st_size, st.st_mtime_ns))
-        for key, st in zip(keys, stats, strict=True):
-            hit = known.get(key)
-            if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-                out.append(hit[2])
-                continue
-            value = compute(key)
-            out.append(value)
-            fresh.append((key, st.st_size, st.st_mtime_ns, value))
+        for done, i in enumerate(todo, start=1):
+            value = out[i] = compute(keys[i])
+            fresh.append((keys[i], stats[i].st_size, stats[i].st_mtime_ns, value))
             if progress:
-                progress(len(fresh), todo)
+                progress(done, len(todo))
         if fresh:
             self._query(lambda con: con.executemany(f"INSERT OR REPLACE INTO {self.table} VALUES (?, ?, ?, ?)", fresh))
-        return out
+        return [v for v in out if v is not None]

@@ -56,14 +56,13 @@ def _open_safetensors(path: Path) -> Any:
 
 def _runs(rows: Sequence[int]) -> list[tuple[int, int, list[int]]]:
     """Contiguous runs of ``rows``: (start, stop, positions in ``rows``), so a read touches only those rows."""
-    order = sorted(range(len(rows)), key=rows.__getitem__)
     runs: list[tuple[int, int, list[int]]] = []
-    for i in order:
+    for i in sorted(range(len(rows)), key=rows.__getitem__):
         r = rows[i]
-        if runs and runs[-1][1] == r:
-            runs[-1] = (runs[-1][0], r + 1, [*runs[-1][2], i])
-        elif runs and runs[-1][1] - 1 == r:  # the same row asked twice
-            runs[-1][2].append(i)
+        if runs and runs[-1][0] <= r <= runs[-1][1]:  # extends the run, or asks for its last row again
+            start, stop, pos = runs[-1]
+            pos.append(i)
+            runs[-1] = (start, max(stop, r + 1), pos)
         else:
             runs.append((r, r + 1, [i]))
     return runs
