@@ -3,8 +3,8 @@
 Prompt tuning never changes the image encoder, so its outputs are computed once and reused across methods,
 noise rates and seeds. An entry is keyed by the backbone (name + weights hash), the transform (eval, or the
 augmentation recipe with V and its seed) and the image file's content hash, and lives in a shard of many images
-(:mod:`edgeprompt.features.shards`): ``<cache_dir>/features-v2/<backbone key>/shards/<transform key>/*.npz``. A file's
-content hash is recomputed only when its size or modification time changed.
+(:mod:`edgeprompt.features.shards`): ``<cache_dir>/features-v2/<backbone key>/shards/<transform key>/*.safetensors``.
+A file's content hash is recomputed only when its size or modification time changed.
 
 Extraction at dataset scale: images are decoded and augmented by DataLoader workers while the main process
 encodes (FP16 autocast on CUDA), so the encoder is the bound; ``--shard i/n`` (or torchrun's RANK / WORLD_SIZE)
@@ -159,8 +159,7 @@ class FeatureCache:
         self.backbone = backbone
         spec = backbone.preprocess
         ident = json.dumps([backbone.ref.model, backbone.ref.weights_sha256, spec.to_dict()], sort_keys=True)
-        base = Path(root or default_cache_dir()) / "features-v2"
-        self.dir = base / hashlib.sha256(ident.encode()).hexdigest()[:16]
+        self.dir = files_db(root).parent / hashlib.sha256(ident.encode()).hexdigest()[:16]
         try:  # fail now, in one line, rather than after encoding the first batch
             self.dir.mkdir(parents=True, exist_ok=True)
             probe = atomic_write_bytes(self.dir / ".write-test", b"")
@@ -170,7 +169,7 @@ class FeatureCache:
                               f"pass --cache-dir with a writable folder, or set EDGEPROMPT_CACHE") from None
         self.batch_size = batch_size
         self.workers = default_workers() if workers is None else workers
-        self.hashes = FileHashes(files_db(root))
+        self.hashes = FileHashes(files_db(root))  # beside every backbone's folder
         self.store = ShardStore(self.dir)
         self._eval_tf = open_clip.image_transform(
             spec.image_size, is_train=False, mean=spec.mean, std=spec.std,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,9 @@ from typing import Any
 from edgeprompt.backbone import create_backbone, resolve_device
 from edgeprompt.config import COOP_CROP, SMALL_IMAGE_CROP, SMALL_IMAGE_SIDE, ExtractConfig, parse_shard
 from edgeprompt.data import load_labeled
-from edgeprompt.data.folder import image_side
+from edgeprompt.data.folder import handle_problem, image_side
 from edgeprompt.features.cache import AugmentSpec, FeatureCache, check_cache_dir, image_checks
 from edgeprompt.progress import NullReporter, Reporter
-
-log = logging.getLogger(__name__)
 
 
 def path_rank(path: Path, world: int) -> int:
@@ -46,10 +43,13 @@ def extract(cfg: ExtractConfig, reporter: Reporter | None = None) -> dict[str, A
     share = [i for i, p in enumerate(listed.paths) if path_rank(p, world) == rank]
     mine_all = listed.subset(share)
     reasons = image_checks(cfg.cache_dir).reasons(list(mine_all.paths), rep.task("checking images"))
+    problems: list[tuple[str, str]] = []
+    mine = []
     for p, why in zip(mine_all.paths, reasons, strict=True):
         if why:
-            log.warning("skipping %s: %s", p, why)
-    mine = [p for p, why in zip(mine_all.paths, reasons, strict=True) if not why]
+            handle_problem(problems, p, why, strict=False)  # skipped with a warning, as every command does
+        else:
+            mine.append(p)
     device = cfg.device
     if device == "auto" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process when there are GPUs
         import torch
@@ -69,7 +69,7 @@ def extract(cfg: ExtractConfig, reporter: Reporter | None = None) -> dict[str, A
         cache.features(mine, aug, cfg.tokens, rep.task(f"{cfg.views} augmented views (shard {rank}/{world})"))
     seconds = time.perf_counter() - t0
     encoded = cache.misses - before
-    return {"data": cfg.data, "shard": f"{rank}/{world}", "images": len(mine), "skipped": len(mine_all) - len(mine),
+    return {"data": cfg.data, "shard": f"{rank}/{world}", "images": len(mine), "skipped": len(problems),
             "entries_encoded": encoded,
             "entries_cached": cache.hits, "views": cfg.views, "crop_scale": crop, "seconds": round(seconds, 2),
             "images_per_s": round(len(mine) / seconds, 1) if seconds > 0 and encoded else None,

@@ -5,7 +5,7 @@ Torch-free. Frames are decoded by OpenCV (``pip install "edgeprompt[video]"``), 
 parity), and batched up to ``batch_size``. A batch waits for its last frame, so on a live camera batch 1 gives the
 lowest latency and a larger batch the most frames per second; for a file, batching only raises throughput.
 
-What a source string means (:func:`open_source`): digits are a camera index (``0`` = ``/dev/video0``); text with
+What a source string means (:func:`source_kind`): digits are a camera index (``0`` = ``/dev/video0``); text with
 ``!`` is a GStreamer pipeline ending in ``appsink`` (Jetson's CSI cameras: ``nvarguscamerasrc ! ... ! appsink``);
 text with ``://`` is a network stream; anything else is a video file.
 """
