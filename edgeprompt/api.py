@@ -53,12 +53,12 @@ def models() -> dict[str, Any]:
     return {"methods": method_catalog(), "backbones": list_backbones()}
 
 
-def predict(bundle: str | Path, images: Sequence[str | Path], *, top_k: int = 3,
-            backend: str = "auto") -> dict[str, Any]:
+def predict(bundle: str | Path, images: Sequence[str | Path], *, top_k: int = 3, backend: str = "auto",
+            batch_size: int = 32) -> dict[str, Any]:
     """Top-k predictions for image files and folders with a bundle's runtime; no torch."""
     from edgeprompt.runtime import predict_files
 
-    return predict_files(bundle, images, top_k=top_k, backend=backend)
+    return predict_files(bundle, images, top_k=top_k, backend=backend, batch_size=batch_size)
 
 
 def iter_predict(bundle: str | Path, images: Iterable[str | Path], *, top_k: int = 3, backend: str = "auto",

@@ -24,23 +24,11 @@ from edgeprompt.config import (
 )
 
 PREDICT_FORMATS = ("table", "jsonl", "csv")
-
-
 CONFIG_FILE_DS = "config_infer_primary.txt"  # edgeprompt.export.deepstream.CONFIG_FILE, without importing export
-
-
 _EXPORT = defaults(ExportConfig)
-
-
 _PROFILE = TrtProfile()
-
-
 _TRITON = defaults(TritonConfig)
-
-
 _INT8 = defaults(Int8Config)
-
-
 _BENCH = defaults(BenchConfig)
 
 
@@ -101,7 +89,7 @@ def predict(
         rows = api.iter_predict(bundle, paths, top_k=top_k, backend=backend, batch_size=batch or 32)
         _write_lines(rows, fmt, "image", top_k)
         return
-    result = api.predict(bundle, list(paths), top_k=top_k, backend=backend)
+    result = api.predict(bundle, list(paths), top_k=top_k, backend=backend, batch_size=batch or 32)
 
     def render(r: dict[str, Any]) -> None:
         rows = [[item["image"], ", ".join(f"{p['label']} {100 * p['probability']:.1f}%" for p in item["top"])]

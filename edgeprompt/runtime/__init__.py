@@ -170,7 +170,7 @@ def _top(predictor: Predictor, paths: list[Path], top_k: int) -> Iterator[dict[s
 
 
 def predict_files(bundle: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]], *, top_k: int = 3,
-                  backend: str = "auto") -> dict[str, Any]:
+                  backend: str = "auto", batch_size: int = 32) -> dict[str, Any]:
     """Top-k predictions for image files and folders (searched recursively), as ``edgeprompt predict`` prints them.
 
     Raises:
@@ -179,7 +179,7 @@ def predict_files(bundle: str | os.PathLike[str], images: Sequence[str | os.Path
     from edgeprompt.data.folder import list_images
 
     paths = list_images(images)
-    with load_bundle(bundle, backend) as predictor:
+    with load_bundle(bundle, backend, batch_size=batch_size) as predictor:
         preds = predictor.predict(paths, top_k=top_k)
         runtime = predictor.runtime
         return {
