@@ -31,8 +31,15 @@ def evaluate(run_dir: str | Path, test: str | Path | None = None, *, on_train: b
 
 def classes(run_dir: str | Path, out: str | Path, *, add: Sequence[str] = (), remove: Sequence[str] = (),
             overwrite: bool = False) -> dict[str, Any]:
-    """A tuned run with classes added or removed, its learned context unchanged
-    (:func:`edgeprompt.train.classes.change_classes`)."""
+    """A tuned run, or an ``--open-classes`` bundle, with classes added or removed, its learned context unchanged
+    (:func:`edgeprompt.train.classes.change_classes` with torch; for a bundle
+    :func:`edgeprompt.runtime.classes.change_bundle_classes`, onnxruntime only)."""
+    from edgeprompt.manifest import Manifest
+
+    if Manifest.read(run_dir).kind == "bundle":
+        from edgeprompt.runtime.classes import change_bundle_classes
+
+        return change_bundle_classes(run_dir, out, add, remove, overwrite)
     from edgeprompt.train.classes import change_classes
 
     return change_classes(run_dir, out, add, remove, overwrite)

@@ -401,6 +401,9 @@ class ExportConfig:
     # float-nchw (float32 pixels in [0, 1]) | uint8-nhwc (the bytes: a quarter of the host-to-device traffic; the
     # graph scales, transposes and normalises; docs/video.md)
     input_format: str = "float-nchw"
+    # also write the text side (text.onnx + tokenizer vocabulary) and keep the class rows as data, so the device can
+    # add or remove classes with onnxruntime alone (docs/classes.md); shared-context methods only
+    open_classes: bool = False
     opset: int = 17
     n_check: int = 32  # images of the run's tuning split in the parity gate
     exporter: str = "auto"  # auto | legacy | dynamo (docs/export.md)

@@ -26,12 +26,18 @@ INPUT_FORMATS = ("float-nchw", "uint8-nhwc")  # the graph's pixel input: float32
 MANIFEST_NAME = "manifest.json"
 ONNX_FILE = "model.onnx"  # bundle files, named once for the exporter, the engine builder and every runtime
 ONNX_FP32_FILE = "model.fp32.onnx"  # an INT8 bundle keeps its FP32 graph for reference (bench, re-quantizing)
+# --open-classes bundles: the text side as a second graph, its tokenizer's vocabulary, and the class rows the runtime
+# multiplies the image features by (outside the image graph, so a class list can change without a new engine)
+TEXT_ONNX_FILE = "text.onnx"
+VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+CLASS_ROWS_FILE = "classes.npy"
 ENGINE_FILE = "model.engine"  # a raw TensorRT plan: never prefixed with metadata (the manifest is the sidecar)
 
 # Tensor names, defined once (house rule 5).
 INPUT_PIXELS = "pixels"
 OUTPUT_LOGITS = "logits"
 OUTPUT_PROBS = "probs"
+OUTPUT_FEATURES = "features"  # only in --open-classes bundles
 
 
 @dataclass(frozen=True)
@@ -87,9 +93,10 @@ class IOSpec:
     outputs: tuple[TensorSpec, ...]
 
     @classmethod
-    def classifier(cls, image_size: int, num_classes: int, input_format: str = "float-nchw") -> IOSpec:
+    def classifier(cls, image_size: int, num_classes: int, input_format: str = "float-nchw",
+                   features: int | None = None) -> IOSpec:
         """The standard classifier I/O: RGB pixels in [0, 1] (or their bytes, ``uint8-nhwc``) -> logits and
-        probabilities."""
+        probabilities, plus the L2-normalised image features (``features``: their width) for ``--open-classes``."""
         pixels = TensorSpec(INPUT_PIXELS, ("batch", 3, image_size, image_size), "float32",
                             "RGB, float32 in [0, 1], NCHW, resized + centre-cropped; normalisation is in the graph")
         if input_format == "uint8-nhwc":
@@ -101,6 +108,9 @@ class IOSpec:
             outputs=(
                 TensorSpec(OUTPUT_LOGITS, ("batch", num_classes), "float32", "scaled cosine similarities"),
                 TensorSpec(OUTPUT_PROBS, ("batch", num_classes), "float32", "softmax of logits"),
+                *((TensorSpec(OUTPUT_FEATURES, ("batch", features), "float32",
+                              "L2-normalised image features (the runtime applies the bundle's class rows)"),)
+                  if features else ()),
             ),
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,30 @@ def export_run(run: Path | str, out: Path | str, **kw: Any) -> dict[str, Any]:
     from edgeprompt.export import export_run as run_export
 
     return run_export(ExportConfig(source=str(run), out=str(out), **kw))
+
+
+# A script prelude that makes any import of torch, torchvision or open_clip fail, as on a Jetson without them; a
+# device-side test runs its code after it in a fresh interpreter.
+BLOCK_TORCH = textwrap.dedent("""
+    import sys
+
+    class _Blocker:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "torchvision", "open_clip"):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, _Blocker())
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("blocker failed")
+""")
+
+
+def torch_leaks() -> str:
+    """A script line that fails when torch, torchvision or open_clip was imported after all."""
+    return ("leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'open_clip'))\n"
+            "assert not leaked, leaked\n")

@@ -20,6 +20,7 @@ from edgeprompt.errors import ArtifactError, ConfigError, DataError, MissingDepe
 from edgeprompt.manifest import IOSpec, TensorSpec
 from edgeprompt.preprocess import preprocess_batch
 from edgeprompt.runtime import BACKENDS, Prediction, available_backends, load_bundle, load_runtime, resolve_backend
+from tests.helpers import BLOCK_TORCH
 from tests.tiny_bundle import CLASSES, SIZE, reference, weights, write_tiny_bundle
 
 pytest.importorskip("onnxruntime")
@@ -180,24 +181,7 @@ def test_latency_and_reports(bundle: Path) -> None:
     assert json.dumps(env)
 
 
-_NO_TORCH = textwrap.dedent("""
-    import sys
-
-    class _Blocker:
-        # any import of torch, torchvision or open_clip fails, as on a Jetson without them
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "torchvision", "open_clip"):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, _Blocker())
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("blocker failed")
-
+_NO_TORCH = BLOCK_TORCH + textwrap.dedent("""
     import edgeprompt.bench
     import edgeprompt.export.tensorrt as ept
     import edgeprompt.preprocess

@@ -79,14 +79,15 @@ def _e2e(runtime: Any, manifest: Manifest, paths: list[Path], batch: int, iters:
     return float(np.median(times) * 1e3)
 
 
-def _predictions(runtime: Any, manifest: Manifest, paths: list[Path], batch: int = 32) -> np.ndarray:
-    from edgeprompt.manifest import OUTPUT_LOGITS
+def _predictions(runtime: Any, manifest: Manifest, paths: list[Path], rows: np.ndarray | None,
+                 batch: int = 32) -> np.ndarray:
     from edgeprompt.preprocess import load_image, preprocess_batch
+    from edgeprompt.runtime.base import class_logits
 
     out = []
     for i in range(0, len(paths), batch):
         pix = preprocess_batch([load_image(p) for p in paths[i : i + batch]], manifest.preprocess)
-        out.append(runtime.run(pix)[OUTPUT_LOGITS].argmax(-1))
+        out.append(class_logits(runtime.run(pix), rows).argmax(-1))
     return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
 
@@ -135,6 +136,7 @@ def bench(cfg: BenchConfig, reporter: Reporter | None = None,
     from edgeprompt.data.folder import match_classes
     from edgeprompt.manifest import read_bundle_manifest
     from edgeprompt.runtime import load_runtime
+    from edgeprompt.runtime.classes import load_class_rows
 
     rep = reporter or NullReporter()
     bundle = Path(cfg.bundle)
@@ -151,6 +153,9 @@ def bench(cfg: BenchConfig, reporter: Reporter | None = None,
         keep = range(min(len(ds), cfg.max_images or len(ds)))
         paths, labels = [ds.paths[i] for i in keep], np.array([ds.labels[i] for i in keep])
     status = backend_status(bundle, cfg.backends, reference)
+    class_rows = load_class_rows(bundle, manifest)
+    if "classes_changed" in manifest.extra and status.get("torch") is None and "torch" in status:
+        status["torch"] = "the bundle's classes changed after export; the run's torch model has the old list"
     usable = [b for b in cfg.backends if status[b] is None]
     if not usable:
         why = "; ".join(f"{b}: {r}" for b, r in status.items())
@@ -172,7 +177,7 @@ def bench(cfg: BenchConfig, reporter: Reporter | None = None,
         try:
             acc = agree = None
             if labels is not None:
-                pred = _predictions(runtime, manifest, paths)
+                pred = _predictions(runtime, manifest, paths, None if name == "torch" else class_rows)
                 acc = float((pred == labels).mean())
                 reference_pred = pred if reference_pred is None else reference_pred
                 agree = float((pred == reference_pred).mean())

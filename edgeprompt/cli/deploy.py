@@ -142,6 +142,7 @@ def export(
     precision: Annotated[str, typer.Option("--precision", "-p", help="fp32 | fp16 (FP16 weights, FP32 I/O, LayerNorm and softmax) | int8 (a calibrated Q/DQ graph, gated on held-out accuracy; see the INT8 options). Recorded in the manifest; the device reads it from there.")] = _EXPORT["precision"],
     fp16: Annotated[bool, typer.Option("--fp16", help="Short for --precision fp16.")] = False,
     input_format: Annotated[str, typer.Option("--input-format", help="float-nchw (float32 pixels in [0, 1]) | uint8-nhwc (the bytes, a quarter of the host-to-device traffic; the graph scales, transposes and normalises).")] = _EXPORT["input_format"],
+    open_classes: Annotated[bool, typer.Option("--open-classes", help="Also write the text side (text.onnx with the learned context, the tokenizer's vocabulary) and keep the class rows as data, so `edgeprompt classes BUNDLE --add NAME` works on the device with onnxruntime alone and reuses the engine. Shared-context methods (zeroshot, coop, dspt, nlprompt).")] = _EXPORT["open_classes"],
     opset: Annotated[int, typer.Option(help="ONNX opset (17..21).")] = _EXPORT["opset"],
     n_check: Annotated[int, typer.Option(help="Tuning images in the torch/onnxruntime parity gate.")] = _EXPORT["n_check"],
     min_batch: Annotated[int, typer.Option(help="Smallest batch of the TensorRT profile.", rich_help_panel="TensorRT")] = _PROFILE.min_batch,
@@ -194,7 +195,7 @@ def export(
     quant = Int8Config(calib=str(calib) if calib else None, calib_n=calib_n, calib_method=calib_method,
                        quantizer=int8_quantizer, keep_float=groups, check=str(int8_check) if int8_check else None,
                        n_check=int8_check_n, min_agreement=int8_min_agreement, min_accuracy=int8_min_accuracy)
-    cfg = ExportConfig(source=str(source), out=str(out) if out else None, precision=precision, input_format=input_format, opset=opset,
+    cfg = ExportConfig(source=str(source), out=str(out) if out else None, precision=precision, input_format=input_format, opset=opset, open_classes=open_classes,
                        n_check=n_check, trt=trt, overwrite=overwrite, triton=triton_cfg, quant=quant,
                        deepstream=str(deepstream) if deepstream else None, deepstream_scaling=deepstream_scaling,
                        profile=TrtProfile(min_batch, opt_batch, max_batch, workspace_mib))

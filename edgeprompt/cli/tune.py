@@ -170,23 +170,25 @@ def sweep(
 
 
 def classes(
-    run: Annotated[Path, typer.Argument(help="A tuned run directory (shared context: zeroshot, coop, dspt, nlprompt).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The changed run directory to create.")],
+    run: Annotated[Path, typer.Argument(help="A tuned run directory (shared context: zeroshot, coop, dspt, nlprompt), or a bundle exported with --open-classes (then only onnxruntime is needed).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The changed run directory (or bundle) to create.")],
     add: Annotated[list[str] | None, typer.Option("--add", help="A class name to add (repeatable).")] = None,
     remove: Annotated[list[str] | None, typer.Option("--remove", help="A class name to remove (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory at --out.")] = False,
     as_json: JSON = False,
 ) -> None:
-    """Add or remove classes of a tuned run without retuning: new rows use the learned context.
+    """Add or remove classes without retuning: new rows use the learned context.
 
-    Example: edgeprompt classes runs/coop --add hexagon --add star --out runs/coop-more  then  edgeprompt export
-    runs/coop-more --out bundle
+    On a run (torch): edgeprompt classes runs/coop --add hexagon --out runs/coop-more, then export it. On a bundle
+    exported with --open-classes (the device, onnxruntime only; the graph and any TensorRT engine are reused):
+    edgeprompt classes bundle --add hexagon --out bundle-more
     """
     from edgeprompt import api
 
     result = api.classes(run, out, add=add or [], remove=remove or [], overwrite=overwrite)
-    emit(result, as_json, lambda r: print(f"{r['run_dir']}: {len(r['classes'])} classes ({', '.join(r['classes'])});"
-                                          f" added {r['added'] or 'none'}, removed {r['removed'] or 'none'}"))
+    emit(result, as_json, lambda r: print(f"{r.get('run_dir') or r.get('bundle')}: {len(r['classes'])} classes "
+                                          f"({', '.join(r['classes'])}); added {r['added'] or 'none'}, removed "
+                                          f"{r['removed'] or 'none'}"))
 
 
 _AUDIT = defaults(AuditConfig)

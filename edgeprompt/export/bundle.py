@@ -9,6 +9,9 @@ BUNDLE/
   model.fp32.onnx   only with --int8: the FP32 graph it was quantized from, for reference
   model.onnx.data   only for graphs over ~1.8 GiB or when asked (``external_data=True``); found by relative path
   trtexec.sh        the equivalent TensorRT build command, to run on the target
+  text.onnx, classes.npy, bpe_simple_vocab_16e6.txt.gz
+                    only with --open-classes: the text side, the class rows the runtime applies to the graph's
+                    ``features`` output, the tokenizer's vocabulary (edgeprompt.export.text_graph)
   model.engine      only with ``trt=True`` on a machine with TensorRT and a GPU (usually: the target)
 ```
 
@@ -115,8 +118,14 @@ def _export(cfg: ExportConfig, run_dir: Path, out: Path, formats: list[str], rep
                           f"depends on the image: export it FP32 or --fp16")
     spec = dataclasses.replace(run.manifest.preprocess, normalize_in_graph=True)  # the graph normalises
     uint8_input = cfg.input_format == "uint8-nhwc"
-    graph = build_graph(run.backbone, run.method, spec, traced, uint8_input=uint8_input)
-    io = IOSpec.classifier(spec.image_size, run.manifest.num_classes, cfg.input_format)
+    graph = build_graph(run.backbone, run.method, spec, traced, uint8_input=uint8_input,
+                        features_output=cfg.open_classes)
+    if cfg.open_classes:
+        from edgeprompt.export.text_graph import prompt_spec
+
+        prompt_spec(run.method)  # a run that cannot change classes is refused before anything is traced
+    width = int(graph.class_matrix.shape[0]) if cfg.open_classes else None
+    io = IOSpec.classifier(spec.image_size, run.manifest.num_classes, cfg.input_format, features=width)
     paths = check_image_paths(run_dir, cfg.n_check)
     pixels, source = load_check_pixels(paths, spec, cfg.n_check)
 
@@ -135,6 +144,12 @@ def _export(cfg: ExportConfig, run_dir: Path, out: Path, formats: list[str], rep
             int8 = build_int8(onnx_path, tmp / ONNX_FILE, run_dir, run.manifest.classnames, spec, io, cfg.quant,
                               threads=torch.get_num_threads())
             tick(4, steps, step="INT8 gate passed")
+        open_classes = None
+        if cfg.open_classes:
+            from edgeprompt.export.text_graph import export_text
+
+            open_classes = export_text(run.backbone, run.method, list(run.manifest.classnames), graph.logit_scale,
+                                       tmp, cfg.opset, threads=torch.get_num_threads())
         script = write_trtexec_script(tmp, io, fp16=cfg.fp16, profile=cfg.profile, onnx_fp16=cfg.fp16, int8=cfg.int8)
         engine = None
         if cfg.trt:
@@ -145,6 +160,9 @@ def _export(cfg: ExportConfig, run_dir: Path, out: Path, formats: list[str], rep
         if cfg.int8:
             files[ONNX_FP32_FILE] = sha256_file(onnx_path)
         files[TRTEXEC_SCRIPT] = sha256_file(script)
+        if open_classes is not None:
+            for key in ("text_graph", "vocab", "rows"):
+                files[open_classes[key]] = sha256_file(tmp / open_classes[key])
         if engine is not None:
             files[ENGINE_FILE] = engine.pop("sha256")
         summary = onnx_summary(onnx_path)  # the traced graph (FP32 for --int8)
@@ -163,6 +181,8 @@ def _export(cfg: ExportConfig, run_dir: Path, out: Path, formats: list[str], rep
             "parity": parity,
             "engine": engine,
         }
+        if open_classes is not None:
+            extra["open_classes"] = open_classes
         if int8 is not None:
             extra["int8"] = {**int8, "fp32_graph": ONNX_FP32_FILE, "config": dataclasses.asdict(cfg.quant)}
         if cfg.fp16:

@@ -134,6 +134,9 @@ def write_deepstream(bundle_dir: str | Path, out: str | Path, *, batch_size: int
     """
     bundle = Path(bundle_dir)
     manifest = read_bundle_manifest(bundle)
+    if "classes_changed" in manifest.extra:
+        raise ConfigError("nvinfer reads the graph's own logits, which still have the classes of the export; this "
+                          "bundle's class list was changed since (edgeprompt classes): use the bundle it came from")
     if batch_size < 1:
         raise ConfigError(f"the DeepStream batch size must be >= 1, got {batch_size}")
     bad = [c for c in manifest.classnames if ";" in c or "\n" in c or not c.strip()]

@@ -34,7 +34,7 @@ from torch import nn
 
 from edgeprompt.backbone import FrozenCLIP, tower_features
 from edgeprompt.errors import ExportError
-from edgeprompt.manifest import OUTPUT_LOGITS, OUTPUT_PROBS, PreprocessSpec
+from edgeprompt.manifest import OUTPUT_FEATURES, OUTPUT_LOGITS, OUTPUT_PROBS, PreprocessSpec
 from edgeprompt.methods.base import FeatureBatch, PromptMethod
 
 PRECISIONS = ("fp32", "fp16")
@@ -124,6 +124,7 @@ class ExportGraph(nn.Module):
         self.num_classes = method.num_classes
         self.precision = precision
         self.uint8_input = False  # set by build_graph: (B, H, W, 3) uint8 in, scaled and transposed here
+        self.features_output = False  # set by build_graph: also output the normalised features (--open-classes)
         self.folded = bool(method.foldable)
         self.needs_tokens = bool(method.needs_tokens)
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1))
@@ -155,9 +156,9 @@ class ExportGraph(nn.Module):
             "logit_scale": scale,
         }
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, 3, H, W) float32 pixels in [0, 1] (or (B, H, W, 3) uint8 with ``uint8_input``) -> (logits (B, C),
-        probs (B, C)), both float32."""
+        probs (B, C)), both float32; with ``features_output`` also the L2-normalised image features (B, E)."""
         if self.uint8_input:  # the bytes cross to the device; scaling and layout happen here, exactly
             pixels = pixels.permute(0, 3, 1, 2).float() / 255.0
         x = (pixels - self.mean) / self.std
@@ -166,7 +167,10 @@ class ExportGraph(nn.Module):
         pooled, tokens = tower_features(self.encoder, x, self.needs_tokens and not self.folded)
         pooled = pooled.float()
         if self.folded:
-            logits = F.normalize(pooled, dim=-1) @ self.class_matrix
+            feats = F.normalize(pooled, dim=-1)
+            logits = feats @ self.class_matrix
+            if self.features_output:
+                return logits, logits.softmax(dim=-1), feats
         else:
             assert self.method is not None  # set in __init__ when not folded
             feats = FeatureBatch(pooled=pooled, tokens=tokens.float() if tokens is not None else None)
@@ -175,9 +179,16 @@ class ExportGraph(nn.Module):
 
 
 def build_graph(backbone: FrozenCLIP, method: PromptMethod, spec: PreprocessSpec | None = None,
-                precision: str = "fp32", uint8_input: bool = False) -> ExportGraph:
+                precision: str = "fp32", uint8_input: bool = False, features_output: bool = False) -> ExportGraph:
     """An :class:`ExportGraph` in eval mode (what :func:`~edgeprompt.export.onnx.export_onnx` traces); with
-    ``uint8_input`` its input is (B, H, W, 3) uint8."""
+    ``uint8_input`` its input is (B, H, W, 3) uint8; with ``features_output`` (folded graphs only) it also returns
+    the normalised image features, for class rows applied outside the graph."""
     graph = ExportGraph(backbone, method, spec, precision).eval()
     graph.uint8_input = uint8_input
+    if features_output:
+        if not graph.folded:
+            raise ExportError("--open-classes needs a method whose class rows are constants (zeroshot, coop, dspt, "
+                              "nlprompt with a shared context); this one computes them per image")
+        graph.features_output = True
+        graph.output_names = (OUTPUT_LOGITS, OUTPUT_PROBS, OUTPUT_FEATURES)
     return graph

@@ -236,6 +236,9 @@ def write_repository(bundle_dir: str | Path, cfg: TritonConfig, *, overwrite: bo
     """
     bundle = Path(bundle_dir)
     manifest = read_bundle_manifest(bundle)
+    if "classes_changed" in manifest.extra:
+        raise ConfigError("Triton reads the graph's own logits, which still have the classes of the export; this "
+                          "bundle's class list was changed since (edgeprompt classes): use the bundle it came from")
     final = model_dir(cfg, bundle, overwrite, {"the bundle": bundle})
     platform = resolve_platform(cfg, bundle)
     files = _model_files(manifest, bundle, platform)

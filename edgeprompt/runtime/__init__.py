@@ -140,9 +140,12 @@ def load_bundle(path: str | os.PathLike[str], backend: str = "auto", *, batch_si
         >>> p = load_bundle("bundle/", backend="ort-cpu")          # doctest: +SKIP
         >>> p.predict(["cat.jpg"], top_k=3)[0][0].label             # doctest: +SKIP
     """
+    from edgeprompt.runtime.classes import load_class_rows
+
     manifest = read_bundle_manifest(path)
+    rows = load_class_rows(path, manifest)  # first: a bad rows file is one line, before a session is built
     runtime = load_runtime(path, backend, manifest=manifest, verify=verify, **options)
-    return Predictor(manifest, runtime, batch_size=batch_size)
+    return Predictor(manifest, runtime, batch_size=batch_size, class_rows=rows)
 
 
 def iter_predictions(bundle: str | os.PathLike[str], images: Iterable[str | os.PathLike[str]], *, top_k: int = 3,

@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from edgeprompt.errors import DataError
-from edgeprompt.manifest import IOSpec
+from edgeprompt.manifest import OUTPUT_FEATURES, OUTPUT_LOGITS, IOSpec
 
 # File names inside a bundle (the exporter writes the same names).
 
@@ -97,3 +97,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def class_logits(outputs: dict[str, np.ndarray], rows: np.ndarray | None) -> np.ndarray:
+    """The logits a bundle stands for: the graph's own, or, for an ``--open-classes`` bundle, its image features
+    times the class rows it carries as data ((N, E) @ (E, C); the rows are normalised and scaled)."""
+    if rows is None:
+        return outputs[OUTPUT_LOGITS]
+    return outputs[OUTPUT_FEATURES] @ rows.T

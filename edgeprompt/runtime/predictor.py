@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from edgeprompt.errors import ArtifactError, ConfigError
-from edgeprompt.manifest import OUTPUT_LOGITS, OUTPUT_PROBS, Manifest
+from edgeprompt.manifest import OUTPUT_FEATURES, OUTPUT_LOGITS, OUTPUT_PROBS, Manifest
 from edgeprompt.preprocess import ImageLike, normalize, preprocess_batch
-from edgeprompt.runtime.base import Runtime, softmax
+from edgeprompt.runtime.base import Runtime, class_logits, softmax
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +48,26 @@ class Predictor:
         manifest: The bundle manifest (class names, preprocessing spec, IOSpec).
         runtime: A loaded backend (see :func:`edgeprompt.runtime.load_bundle`).
         batch_size: Images preprocessed and run together; bounded by the runtime's ``max_batch``.
+        class_rows: (C, E) rows applied to the graph's ``features`` output instead of its own logits (an
+            ``--open-classes`` bundle; see :func:`edgeprompt.runtime.classes.load_class_rows`).
     """
 
-    def __init__(self, manifest: Manifest, runtime: Runtime, batch_size: int = 32) -> None:
+    def __init__(self, manifest: Manifest, runtime: Runtime, batch_size: int = 32,
+                 class_rows: np.ndarray | None = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        out_dims = {t.shape[-1] for t in runtime.io.outputs if t.name in (OUTPUT_LOGITS, OUTPUT_PROBS)}
-        if out_dims != {manifest.num_classes}:
-            raise ArtifactError(f"the graph outputs {sorted(out_dims, key=str)} classes but the manifest lists "
-                                f"{manifest.num_classes}: the bundle is inconsistent, re-export it")
+        if class_rows is not None:
+            if OUTPUT_FEATURES not in runtime.io.output_names:
+                raise ArtifactError("the bundle carries class rows but its graph has no features output: re-export "
+                                    "it with --open-classes")
+        else:
+            out_dims = {t.shape[-1] for t in runtime.io.outputs if t.name in (OUTPUT_LOGITS, OUTPUT_PROBS)}
+            if out_dims != {manifest.num_classes}:
+                raise ArtifactError(f"the graph outputs {sorted(out_dims, key=str)} classes but the manifest lists "
+                                    f"{manifest.num_classes}: the bundle is inconsistent, re-export it")
         self.manifest = manifest
         self.runtime = runtime
+        self.class_rows = class_rows
         self.batch_size = min(batch_size, runtime.max_batch) if runtime.max_batch else batch_size
 
     @property
@@ -75,6 +84,9 @@ class Predictor:
         x = pixels if spec.normalize_in_graph else normalize(pixels, spec)
         parts = [self.runtime.run(x[i:i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)]
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if self.class_rows is not None:  # the class list lives outside the graph (it may have changed since export)
+            out[OUTPUT_LOGITS] = class_logits(out, self.class_rows)
+            out[OUTPUT_PROBS] = softmax(out[OUTPUT_LOGITS])
         if OUTPUT_PROBS not in out:
             out[OUTPUT_PROBS] = softmax(out[OUTPUT_LOGITS])
         return out

@@ -20,31 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from edgeprompt.artifact import CONFIG_FILE, STATE_FILE, load_run, run_data, save_state
+from edgeprompt.data.classlist import changed_classnames
 from edgeprompt.data.folder import display_name
 from edgeprompt.errors import ConfigError
 from edgeprompt.fileio import guard_output, output_lock, replace_dir
 from edgeprompt.manifest import Manifest
 
 SHARED_CONTEXT = ("zeroshot", "coop", "dspt", "nlprompt")
-
-
-def changed_classnames(current: Sequence[str], add: Sequence[str], remove: Sequence[str]) -> list[str]:
-    """The new class list: ``current`` without ``remove``, then ``add`` in the order given (checked)."""
-    add_names, remove_names = [display_name(a) for a in add], [display_name(r) for r in remove]
-    unknown = [r for r in remove_names if r not in current]
-    if unknown:
-        raise ConfigError(f"--remove {', '.join(map(repr, unknown))}: not a class of this run; its classes are "
-                          f"{', '.join(current)}")
-    kept = [c for c in current if c not in remove_names]
-    present = [a for a in add_names if a in kept]
-    if present:
-        raise ConfigError(f"--add {', '.join(map(repr, present))}: already a class of this run")
-    if len(set(add_names)) != len(add_names) or any(not a for a in add_names):
-        raise ConfigError("--add: give each new class once, with a non-empty name")
-    names = kept + add_names
-    if len(names) < 2:
-        raise ConfigError(f"the changed run would have {len(names)} class(es): a classifier needs at least 2")
-    return names
 
 
 def change_classes(run_dir: str | Path, out: str | Path, add: Sequence[str] = (), remove: Sequence[str] = (),
