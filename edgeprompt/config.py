@@ -12,7 +12,7 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from edgeprompt.errors import ConfigError
 from edgeprompt.registry import suggest
@@ -51,6 +51,44 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
         within = f"in {low}..{high}" if high is not None else f">= {low}"
         raise ConfigError(f"{name} must be a whole number {within}, got {value!r}")
+
+
+MAX_VIEWS = 64  # augmented views per image: above this the feature cache grows for no measured gain
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneFields:
+    """The frozen CLIP a verb runs on; one piece shared by tune, sweep, audit and extract."""
+
+    model: str = "edgeprompt-tiny"  # open_clip model name
+    pretrained: str = "shapes"  # pretrained tag, checkpoint path, or 'shapes' (the offline world's weights)
+
+    def validate_backbone(self) -> None:
+        for flag, value in (("--model", self.model), ("--pretrained", self.pretrained)):
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{flag} must name something, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureFields:
+    """How images become cached features; one piece shared by tune, sweep, audit and extract."""
+
+    MIN_VIEWS: ClassVar[int] = 1  # extract may cache the centre view alone (0)
+    views: int = 8  # augmented views per image in the feature cache (1..MAX_VIEWS)
+    crop_scale: float | None = None  # smallest random-resized-crop area; None = by image size (docs/defaults.md)
+    cache_dir: str | None = None  # default: $EDGEPROMPT_CACHE or ~/.cache/edgeprompt
+
+    def validate_features(self) -> None:
+        _check_int("--views", self.views, self.MIN_VIEWS, MAX_VIEWS)
+        c = self.crop_scale
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int | float) or not 0 < c <= 1):
+            raise ConfigError(f"--crop-scale must be in (0, 1], got {c!r}")
+
+
+def check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}."
+                          f"{suggest(str(protocol), list(PROTOCOLS))}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +134,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class TuneConfig:
+class TuneConfig(BackboneFields, FeatureFields):
     """Everything ``edgeprompt tune`` needs; saved resolved as ``config.json`` in the run directory."""
 
     train: str  # labeled folder or CSV manifest
@@ -104,14 +142,9 @@ class TuneConfig:
     method: str = "dspt"
     method_options: Options | Mapping[str, Any] = ()  # e.g. {"loss": "gce", "n_ctx": 16}; stored frozen
     protocol: str = "default"  # default (context starts from the template) | paper (16 random tokens, 200 epochs)
-    model: str = "edgeprompt-tiny"
-    pretrained: str = "shapes"
     shots: int = 16  # per class; 0 = all
     noise: str = "none"  # none | sym:R | asym:R | map:FILE:R
     val: str | None = None
-    views: int = 8  # augmented views per training image in the feature cache
-    crop_scale: float | None = None  # smallest random-resized-crop area; None = by image size (docs/defaults.md)
-    cache_dir: str | None = None  # default: $EDGEPROMPT_CACHE or ~/.cache/edgeprompt
     strict: bool = False  # unreadable images are fatal instead of skipped
     classnames_file: str | None = None
     overwrite: bool = False
@@ -130,6 +163,15 @@ class TuneConfig:
         d["method_options"] = self.options
         return d
 
+    def validate(self) -> None:
+        """Every tune value a user gives, checked once at entry (what the protocol fills in is checked again by
+        ``TrainConfig.validate`` after :func:`resolve_tune`)."""
+        _check_int("--shots", self.shots, 0)
+        self.validate_backbone()
+        self.validate_features()
+        check_protocol(self.protocol)
+        self.train_cfg.validate()
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TuneConfig:
         d = dict(d)
@@ -138,7 +180,7 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(BackboneFields, FeatureFields):
     """What ``edgeprompt sweep`` runs. ``noise`` holds groups like ``sym:0,0.25,0.5`` (kind, then rates)."""
 
     train: str
@@ -150,12 +192,7 @@ class SweepConfig:
     protocol: str = "default"  # as TuneConfig.protocol
     shots: int = 16
     seeds: int = 3
-    model: str = "edgeprompt-tiny"
-    pretrained: str = "shapes"
     epochs: int | None = None  # None: the protocol's default (TrainConfig.epochs, or 200 for the paper protocol)
-    views: int = 8
-    crop_scale: float | None = None  # as TuneConfig.crop_scale
-    cache_dir: str | None = None
     method_options: Options | Mapping[str, Any] = ()  # per method: {"visprompt": {"ot_warmup": 2}}; stored frozen
     # where the cells run (none of this changes a cell's result, so none of it is in a cell's key); docs/scale-out.md
     jobs: int = 1  # cells at once in local worker processes (each gets cpu_count // jobs threads); not with ray
@@ -169,6 +206,16 @@ class SweepConfig:
         for name in ("methods", "losses", "noise"):
             value = getattr(self, name)
             _set(self, name, (value,) if isinstance(value, str) else tuple(value))
+
+    def validate(self) -> None:
+        """The grid's values, checked once at entry (the executor's: :meth:`validate_executor`)."""
+        _check_int("--seeds", self.seeds, 1)
+        _check_int("--shots", self.shots, 0)
+        if self.epochs is not None:
+            _check_int("--epochs", self.epochs, 0)
+        self.validate_backbone()
+        self.validate_features()
+        check_protocol(self.protocol)
 
     def validate_executor(self) -> None:
         """Check the executor settings: --jobs, and Ray's (Ray itself is not imported)."""
@@ -201,7 +248,7 @@ AUDIT_SCORERS = ("probe", "prompt")
 
 
 @dataclass(frozen=True)
-class AuditConfig:
+class AuditConfig(BackboneFields, FeatureFields):
     """``edgeprompt audit``: score every label of a folder or CSV, out of sample (docs/audit.md)."""
 
     train: str  # labeled folder or CSV manifest whose labels are audited (never modified)
@@ -210,14 +257,10 @@ class AuditConfig:
     method: str = "dspt"  # the robust prompt tuned on the other folds
     method_options: Options | Mapping[str, Any] = ()
     protocol: str = "default"
-    model: str = "edgeprompt-tiny"
-    pretrained: str = "shapes"
     scorer: str = "probe"  # the out-of-sample classifier: probe (logistic regression on frozen features) | prompt
     probe_c: float = 10.0  # the probe's inverse L2 strength (scikit-learn's C) on unit-norm features
     folds: int = 4  # K of the K-fold cross-fitting
     epochs: int | None = None  # per fold; None: the protocol's
-    views: int = 8
-    crop_scale: float | None = None
     prior_weight: float = 0.5  # weight of the zero-shot prior in the mixture with the fold predictions
     relabel_threshold: float = 0.5  # --write-fixed: a flagged sample is relabelled when its suggestion is this sure
     drop: bool = False  # --write-fixed: drop every flagged sample instead of relabelling
@@ -226,7 +269,6 @@ class AuditConfig:
     top: int = 48  # images on the contact sheet
     seed: int = 0
     device: str = "auto"
-    cache_dir: str | None = None
     strict: bool = False
     overwrite: bool = False
 
@@ -239,7 +281,8 @@ class AuditConfig:
 
     def validate(self) -> None:
         _check_int("--folds", self.folds, 2)
-        _check_int("--views", self.views, 1)
+        self.validate_backbone()
+        self.validate_features()
         _check_int("--top", self.top, 0)
         _check_int("--seed", self.seed, 0, MAX_SEED)
         if self.epochs is not None:
@@ -248,8 +291,7 @@ class AuditConfig:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and 0 <= v <= 1):
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {v!r}")
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        check_protocol(self.protocol)
         if self.scorer not in AUDIT_SCORERS:
             raise ConfigError(f"--scorer must be one of {', '.join(AUDIT_SCORERS)}, got {self.scorer!r}."
                               f"{suggest(str(self.scorer), list(AUDIT_SCORERS))}")
@@ -261,28 +303,23 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
-class ExtractConfig:
+class ExtractConfig(BackboneFields, FeatureFields):
     """``edgeprompt extract``: fill the feature cache for a dataset ahead of tuning, split over processes."""
 
+    MIN_VIEWS: ClassVar[int] = 0  # 0: only the centre view
     data: str  # labeled folder or CSV manifest
-    model: str = "edgeprompt-tiny"
-    pretrained: str = "shapes"
-    views: int = 8  # augmented views per image (0: only the centre view)
-    crop_scale: float | None = None  # as TuneConfig.crop_scale
     tokens: bool = False  # also cache patch tokens (VisPrompt's keys/values)
     shard: str | None = None  # "i/n": this process takes every n-th image from the i-th; None: torchrun's RANK/WORLD
     workers: int | None = None  # DataLoader decoding workers (None: one per spare core, at most 8)
     batch_size: int = 64  # images per encoder call
     device: str = "auto"
-    cache_dir: str | None = None
 
     def validate(self) -> None:
-        _check_int("--views", self.views, 0)
+        self.validate_backbone()
+        self.validate_features()
         _check_int("--batch-size", self.batch_size, 1)
         if self.workers is not None:
             _check_int("--workers", self.workers, 0)
-        if self.crop_scale is not None and not 0 < self.crop_scale <= 1:
-            raise ConfigError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
         parse_shard(self.shard)
         TrainConfig(device=self.device).validate()
 
@@ -519,9 +556,7 @@ def resolve_tune(cfg: TuneConfig, image_side: int | None, option_names: Sequence
     Returns:
         The resolved config, which is what the run directory records.
     """
-    if cfg.protocol not in PROTOCOLS:
-        raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}."
-                          f"{suggest(cfg.protocol, list(PROTOCOLS))}")
+    check_protocol(cfg.protocol)
     proto = PROTOCOLS[cfg.protocol]
     given = cfg.options
     opts = {**{k: v for k, v in proto.method_options if k in option_names and k not in given}, **given}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import re
 
 import pytest
 
@@ -100,3 +101,31 @@ def test_validation_names_the_option() -> None:
         split_list("ort-cpo", "--backend", choices=["ort-cpu", "trt"])
     with pytest.raises(ConfigError, match="unknown TrainConfig key"):
         from_dict(TrainConfig, {"epoch": 3})
+
+
+def test_the_shared_pieces_are_checked_in_one_place_for_every_verb() -> None:
+    """tune, sweep, audit and extract compose the same backbone and feature fields, with the same bounds and
+    messages; extract alone may cache the centre view only (0 views)."""
+    from edgeprompt.config import MAX_VIEWS, AuditConfig, ExtractConfig, SweepConfig, TuneConfig
+
+    makers = {"tune": lambda **kw: TuneConfig(train="t", out="o", **kw),
+              "sweep": lambda **kw: SweepConfig(train="t", test="v", out="o", **kw),
+              "audit": lambda **kw: AuditConfig(train="t", out="o", **kw),
+              "extract": lambda **kw: ExtractConfig(data="d", **kw)}
+    for verb, make in makers.items():
+        make().validate()
+        make(views=MAX_VIEWS).validate()
+        for bad, needle in (({"views": MAX_VIEWS + 1}, "--views must be a whole number in"),
+                            ({"views": True}, "--views"), ({"crop_scale": 0.0}, "--crop-scale must be in (0, 1]"),
+                            ({"crop_scale": 1.5}, "--crop-scale"), ({"model": " "}, "--model must name"),
+                            ({"pretrained": ""}, "--pretrained must name")):
+            with pytest.raises(ConfigError, match=re.escape(needle)):
+                make(**bad).validate()
+        if verb == "extract":
+            make(views=0).validate()
+        else:
+            with pytest.raises(ConfigError, match="--views"):
+                make(views=0).validate()
+    for make in (makers["tune"], makers["sweep"], makers["audit"]):
+        with pytest.raises(ConfigError, match="--protocol must be one of"):
+            make(protocol="papr").validate()

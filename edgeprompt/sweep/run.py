@@ -88,8 +88,7 @@ def sweep_identity(cfg: SweepConfig) -> dict[str, Any]:
     """Everything besides the cell's own (method, options, noise, seed) that defines a cell's result."""
     pretrained = cfg.pretrained
     weights = _tree_fingerprint(pretrained) if os.path.exists(pretrained) else pretrained
-    if cfg.protocol not in PROTOCOLS:
-        raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
+    cfg.validate()  # the protocol indexes PROTOCOLS below
     return {"train": str(Path(cfg.train).resolve()), "train_files": _tree_fingerprint(cfg.train),
             "test": str(Path(cfg.test).resolve()), "test_files": _tree_fingerprint(cfg.test),
             "model": cfg.model, "pretrained": pretrained, "weights": weights, "protocol": cfg.protocol,
@@ -99,14 +98,7 @@ def sweep_identity(cfg: SweepConfig) -> dict[str, Any]:
 
 def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
     """Every cell to run, in a stable order; ``key`` names its file and changes with anything that defines it."""
-    for name, low in (("seeds", 1), ("shots", 0), ("views", 1)):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"--{name} must be a whole number >= {low}, got {value!r}")
-    if cfg.epochs is not None and (not isinstance(cfg.epochs, int) or cfg.epochs < 0):
-        raise ConfigError(f"--epochs must be a whole number >= 0, got {cfg.epochs!r}")
-    if cfg.crop_scale is not None and not 0 < cfg.crop_scale <= 1:
-        raise ConfigError(f"--crop-scale must be in (0, 1], got {cfg.crop_scale}")
+    cfg.validate()
     noises = parse_noise_groups(cfg.noise)
     repeated = sorted({f"{k}:{r:g}" for k, r in noises if noises.count((k, r)) > 1})
     if repeated:

@@ -58,14 +58,6 @@ def _prepare_workdir(out: Path, resolved: dict[str, Any], overwrite: bool) -> Pa
     return work
 
 
-def check_values(cfg: TuneConfig) -> None:
-    """The tune options that no later stage checks before using them."""
-    if isinstance(cfg.shots, bool) or not isinstance(cfg.shots, int) or cfg.shots < 0:
-        raise ConfigError(f"--shots must be a whole number >= 0 (0 = all images), got {cfg.shots!r}")
-    if isinstance(cfg.views, bool) or not isinstance(cfg.views, int) or not 1 <= cfg.views <= 64:
-        raise ConfigError(f"--views must be a whole number in 1..64, got {cfg.views!r}")
-
-
 def load_tuning_set(cfg: TuneConfig, rep: Reporter) -> tuple[LabeledSet, LabeledSet, list[int], list[bool]]:
     """All labeled samples, the few-shot subset, its given (possibly noisy) labels and the clean mask."""
     noise = parse_noise(cfg.noise)
@@ -95,8 +87,7 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
     # every check and all the reading comes first: nothing is written at OUT until the tuning itself starts
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"{out} already exists: pass --overwrite, or choose another --out")
-    check_values(cfg)
-    cfg.train_cfg.validate()  # seed, device, … before they are used (again below, once the protocol filled it in)
+    cfg.validate()  # every value the user gave (the protocol's fill-ins are checked again below)
     build_config(cfg.method, cfg.options)  # unknown method/options fail before any work
     data, few, given, clean = load_tuning_set(cfg, rep)
     val = None
@@ -120,8 +111,6 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
         (log.warning if use_csc else log.info)("%s", context_note)
     cfg = resolve_tune(cfg, image_side(few.paths), names)  # protocol defaults, crop scale from the image size
     cfg.train_cfg.validate()
-    if cfg.crop_scale is not None and not 0 < cfg.crop_scale <= 1:
-        raise ConfigError(f"--crop-scale must be in (0, 1], got {cfg.crop_scale}")
     method_cfg = build_config(cfg.method, cfg.options)
     method = create_method(cfg.method, backbone, list(few.classnames), **_asdict(method_cfg)).to(device)
     tokens = method.needs_tokens
