@@ -21,8 +21,7 @@ from edgeprompt.config import ExportConfig, Int8Config
 from edgeprompt.errors import ConfigError, ExportError
 from edgeprompt.manifest import ONNX_FILE, ONNX_FP32_FILE, OUTPUT_LOGITS, Manifest
 from tests.conftest import make_folder
-from tests.helpers import export_run, tune_run
-from tests.test_runtime import _NO_TORCH
+from tests.helpers import BLOCK_TORCH, export_run, torch_leaks, tune_run
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -294,7 +293,7 @@ def test_int8_bundle_predicts_and_benches_without_torch(int8_run: Path, tmp_path
     export_run(int8_run, bundle, n_check=4, precision="int8", quant=Int8Config(quantizer="ort", calib_n=8,
                                                                         min_accuracy=0.0))
     data = make_folder(tmp_path / "test", per_class=2, seed=3)
-    script = _NO_TORCH.split("bundle, image = sys.argv[1], sys.argv[2]")[0] + (
+    script = BLOCK_TORCH + (
         "import json\n"
         "from edgeprompt.config import BenchConfig\n"
         "from edgeprompt.bench.run import bench\n"
@@ -302,8 +301,7 @@ def test_int8_bundle_predicts_and_benches_without_torch(int8_run: Path, tmp_path
         "pred = predict_files(sys.argv[1], [sys.argv[2]], top_k=1, backend='ort-cpu')\n"
         "res = bench(BenchConfig(bundle=sys.argv[1], data=sys.argv[2], backends=('ort-cpu',), batches=(2,),\n"
         "                        warmup=1, iters=2, e2e_iters=1))\n"
-        "leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'open_clip'))\n"
-        "assert not leaked, leaked\n"
+        + torch_leaks() +
         "print(json.dumps({'n': len(pred['predictions']), 'rows': [(r['precision'], r['agreement'])\n"
         "                                                          for r in res['rows']]}))\n")
     env = {**os.environ, "PYTHONPATH": str(Path(edgeprompt.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
