@@ -127,6 +127,13 @@ def _build_open_clip(model: str, pretrained: str | None) -> nn.Module:
         if not Path(path).exists():
             raise ConfigError(f"checkpoint {path} does not exist: pass an existing .pt/.bin/.safetensors file")
         try:
+            if path.endswith(".safetensors"):  # read here: open_clip 2.26 loads checkpoints with torch.load only
+                from safetensors.torch import load_file
+
+                with _quiet_open_clip():
+                    m = open_clip.create_model(model, pretrained=None)
+                m.load_state_dict(load_file(path), strict=True)
+                return m
             return open_clip.create_model(model, pretrained=tag)
         except Exception as e:  # torch.load / safetensors / load_state_dict each raise their own types
             why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__

@@ -50,7 +50,8 @@ def _split_attention(
         qs, ks, vs = (t.unflatten(-1, (h, hd)).permute(0, 3, 1, 2, 4)  # (B, H, C, S, hd)
                       for t in F.linear(xs, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
         to_prefix = (qs.reshape(-1, h, c * s, hd) @ kp.transpose(-1, -2)).view(-1, h, c, s, p)  # (B, H, C, S, P)
-        causal = torch.ones(s, s, dtype=torch.bool, device=xs.device).triu(1)
+        pos = torch.arange(s, device=xs.device)  # not triu: onnxruntime < 1.18 has no boolean Trilu
+        causal = pos[None, :] > pos[:, None]  # (S, S), True above the diagonal
         to_self = (qs @ ks.transpose(-1, -2)).masked_fill(causal, float("-inf"))  # (B or 1, H, C, S, S)
         to_self = to_self.expand(*to_prefix.shape[:-1], s)  # a suffix shared by all B prompts: broadcast
         weights = (torch.cat([to_prefix, to_self], dim=-1) * hd**-0.5).softmax(dim=-1)  # (B, H, C, S, P+S)
@@ -85,8 +86,10 @@ class TextEncoder(nn.Module):
         self.text_projection = tower.text_projection
         self.register_buffer("attn_mask", tower.attn_mask, persistent=False)  # (77, 77) additive causal mask
         self.can_share_prefix = supports_prefix_sharing(self.transformer.resblocks)
-        if not getattr(self.transformer, "batch_first", True):
-            raise NotImplementedError("edgeprompt needs an open_clip version whose text transformer is batch-first")
+        # open_clip < 2.26 has no batch_first attribute and runs its text transformer sequence-first
+        if not getattr(self.transformer, "batch_first", False):
+            raise NotImplementedError("edgeprompt needs open_clip_torch >= 2.26.1, whose text transformer is "
+                                      "batch-first: pip install -U 'open_clip_torch>=2.26.1'")
 
     @property
     def width(self) -> int:

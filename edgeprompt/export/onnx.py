@@ -48,14 +48,29 @@ def _check_io(graph: ExportGraph, io: IOSpec) -> None:
         raise ExportError(f"IOSpec input shape {io.inputs[0].shape} does not match the graph's {want}")
 
 
+def has_dynamo_flag() -> bool:
+    """Whether ``torch.onnx.export`` takes ``dynamo=`` (torch >= 2.5); before it, the plain call is the legacy
+    TorchScript exporter and the dynamo one is a separate function this package does not use."""
+    import inspect
+
+    return "dynamo" in inspect.signature(torch.onnx.export).parameters
+
+
+def legacy_flag() -> dict[str, bool]:
+    """The keyword that asks ``torch.onnx.export`` for the legacy exporter on every supported torch."""
+    return {"dynamo": False} if has_dynamo_flag() else {}
+
+
 def _trace(graph: ExportGraph, dummy: torch.Tensor, path: Path, io: IOSpec, opset: int, exporter: str) -> None:
     """Run one torch exporter into ``path`` (weights may land in files beside it)."""
     common = {"input_names": io.input_names, "output_names": io.output_names, "opset_version": opset}
     if exporter == "legacy":
         axes = {name: {0: BATCH_AXIS} for name in (*io.input_names, *io.output_names)}
-        torch.onnx.export(graph, (dummy,), str(path), dynamo=False, dynamic_axes=axes, do_constant_folding=True,
+        torch.onnx.export(graph, (dummy,), str(path), dynamic_axes=axes, do_constant_folding=True, **legacy_flag(),
                           **common)
     else:
+        if not has_dynamo_flag():
+            raise ExportError(f"the dynamo exporter needs torch >= 2.5 (this is {torch.__version__})")
         common["opset_version"] = max(opset, DYNAMO_MIN_OPSET)
         batch = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
         chatter = StringIO()  # the dynamo exporter prints progress lines to stdout, which --json output owns

@@ -85,7 +85,8 @@ class TextGraph(nn.Module):
         if self.n_ctx:
             ctx = self.ctx.unsqueeze(0).expand(ids.shape[0], -1, -1)  # (N, M, D)
             emb = torch.cat([emb[:, :1], ctx, emb[:, 1 + self.n_ctx :]], dim=1)
-        eot = ids.argmax(dim=-1)  # CLIP's EOT has the largest id
+        # CLIP's EOT has the largest id; in float because onnxruntime < 1.18 has no int64 ArgMax (ids < 2^24: exact)
+        eot = ids.float().argmax(dim=-1)
         return F.normalize(self.text(emb, eot).float(), dim=-1)
 
 
@@ -103,6 +104,7 @@ def export_text(backbone: FrozenCLIP, method: PromptMethod, classnames: list[str
     import onnxruntime as ort
 
     from edgeprompt.export.graph import export_mode
+    from edgeprompt.export.onnx import legacy_flag
 
     spec = prompt_spec(method)
     vocab = _vocab_file(backbone)
@@ -111,7 +113,7 @@ def export_text(backbone: FrozenCLIP, method: PromptMethod, classnames: list[str
     path = out_dir / TEXT_ONNX_FILE
     dummy = backbone.tokenize(["X " * spec["n_ctx"] + "dummy."]).cpu()
     with export_mode(), torch.no_grad():
-        torch.onnx.export(graph, (dummy,), str(path), dynamo=False, input_names=[INPUT_IDS],
+        torch.onnx.export(graph, (dummy,), str(path), **legacy_flag(), input_names=[INPUT_IDS],
                           output_names=[OUTPUT_TEXT], dynamic_axes={INPUT_IDS: {0: "n"}, OUTPUT_TEXT: {0: "n"}},
                           opset_version=opset, do_constant_folding=True)
     names = [n.replace("_", " ") for n in classnames]
