@@ -161,3 +161,26 @@ def test_a_changed_rows_file_is_refused(setup: dict[str, Path], tmp_path: Path) 
         load_bundle(copy, backend="ort-cpu")
     assert json.loads((copy / "manifest.json").read_text())["files"][CLASS_ROWS_FILE]
     assert not (copy / ENGINE_FILE).exists()
+
+
+@pytest.mark.parametrize("damage", ["text graph missing", "text graph changed", "vocabulary truncated"])
+def test_a_damaged_bundle_is_one_line_and_nothing_is_written(setup: dict[str, Path], tmp_path: Path,
+                                                             damage: str) -> None:
+    import shutil
+
+    from edgeprompt.api import classes
+    from edgeprompt.errors import ArtifactError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(setup["bundle"], copy)
+    entry = Manifest.read(copy).extra["open_classes"]
+    if damage == "text graph missing":
+        (copy / TEXT_ONNX_FILE).unlink()
+    elif damage == "text graph changed":
+        (copy / TEXT_ONNX_FILE).write_bytes(b"not a graph")
+    else:
+        vocab = copy / entry["vocab"]
+        vocab.write_bytes(vocab.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match="missing or does not match"):
+        classes(copy, tmp_path / "out", add=["grey"])
+    assert not (tmp_path / "out").exists()

@@ -170,7 +170,7 @@ def sweep(
 
 
 def classes(
-    run: Annotated[Path, typer.Argument(help="A tuned run directory (shared context: zeroshot, coop, dspt, nlprompt), or a bundle exported with --open-classes (then only onnxruntime is needed).")],
+    run: Annotated[Path, typer.Argument(metavar="RUN_OR_BUNDLE", help="A tuned run directory (shared context: zeroshot, coop, dspt, nlprompt), or a bundle exported with --open-classes (then only onnxruntime is needed).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The changed run directory (or bundle) to create.")],
     add: Annotated[list[str] | None, typer.Option("--add", help="A class name to add (repeatable).")] = None,
     remove: Annotated[list[str] | None, typer.Option("--remove", help="A class name to remove (repeatable).")] = None,

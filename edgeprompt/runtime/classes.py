@@ -67,8 +67,14 @@ def encode_classes(bundle_dir: str | os.PathLike[str], entry: dict[str, Any], na
     ids = ClipTokenizer(bundle_dir / entry["vocab"])(prompts)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or 0
-    session = ort.InferenceSession(str(bundle_dir / entry["text_graph"]), opts, providers=["CPUExecutionProvider"])
-    features = session.run(None, {entry["input"]: ids})[0]  # (N * T, E) normalised
+    try:
+        session = ort.InferenceSession(str(bundle_dir / entry["text_graph"]), opts,
+                                       providers=["CPUExecutionProvider"])
+        features = session.run(None, {entry["input"]: ids})[0]  # (N * T, E) normalised
+    except Exception as e:  # onnxruntime raises its own exception types for a bad or damaged graph
+        raise ArtifactError(f"onnxruntime cannot run {bundle_dir / entry['text_graph']}: "
+                            f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}: "
+                            f"copy the bundle again, or re-export it with --open-classes") from None
     return class_rows(features, len(templates), float(entry["scale"]))
 
 
@@ -90,6 +96,10 @@ def change_bundle_classes(bundle: str | os.PathLike[str], out: str | os.PathLike
     if entry is None:
         raise ConfigError(f"{bundle} keeps its classes inside model.onnx: export the run again with --open-classes "
                           f"(or change the run's classes: edgeprompt classes RUN_DIR --add NAME --out NEW_RUN)")
+    for key in ("text_graph", "vocab"):  # a missing or changed file is one line, not an onnxruntime traceback
+        path, expected = bundle / entry[key], manifest.files.get(entry[key])
+        if not path.is_file() or (expected and sha256_file(path) != expected):
+            raise ArtifactError(f"{path} is missing or does not match manifest.json: copy the bundle again")
     target = guard_output(out, "bundle", {"the bundle": bundle}, overwrite=overwrite)
     names = changed_classnames(manifest.classnames, add, remove)
     rows = load_class_rows(bundle, manifest)
