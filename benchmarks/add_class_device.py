@@ -14,13 +14,14 @@ two paths should agree on (nearly) every image.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from base_to_new import N_NEW, manifest  # the same split and the same CSV writer (this folder is on sys.path)
 
 import edgeprompt
 from edgeprompt.config import ExportConfig, TrainConfig, TuneConfig
@@ -30,7 +31,6 @@ from edgeprompt.train.classes import change_classes
 from edgeprompt.train.run import evaluate, tune
 from edgeprompt.world import shapes
 
-N_NEW = 5
 DEVICE = """
 import sys
 class _Blocker:
@@ -72,12 +72,7 @@ def main() -> int:
     names = list(test.classnames)
     base, new = names[:-N_NEW], names[-N_NEW:]  # base_to_new.py's split
     rows = [(str(p.resolve()), test.classnames[y]) for p, y in zip(test.paths, test.labels, strict=True)]
-    train = load_labeled(data / "train")
-    base_csv = out / "train-base.csv"
-    with base_csv.open("w", newline="") as f:
-        csv.writer(f).writerows([("path", "label"), *((str(p.resolve()), train.classnames[y])
-                                                      for p, y in zip(train.paths, train.labels, strict=True)
-                                                      if train.classnames[y] in base)])
+    base_csv = manifest(out / "train-base.csv", data / "train", set(base))
     cache = str(out / "cache")
     run = out / "coop-base"
     tune(TuneConfig(train=str(base_csv), out=str(run), method="coop", shots=16, cache_dir=cache, overwrite=True,

@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,21 @@ from edgeprompt.data.folder import display_name
 from edgeprompt.data.tokenizer import ClipTokenizer
 from edgeprompt.errors import ArtifactError, ConfigError
 from edgeprompt.fileio import guard_output, output_lock, replace_dir, sha256_file
-from edgeprompt.manifest import CLASS_ROWS_FILE, OUTPUT_FEATURES, Manifest, read_bundle_manifest
+from edgeprompt.manifest import CLASS_ROWS_FILE, Manifest, read_bundle_manifest
 
 
 def open_classes(manifest: Manifest) -> dict[str, Any] | None:
     """The bundle's ``--open-classes`` entry (text graph, vocabulary, rows, prompt spec), or None."""
     entry = manifest.extra.get("open_classes")
     return entry if isinstance(entry, dict) else None
+
+
+def _checked_file(bundle_dir: Path, manifest: Manifest, name: str) -> Path:
+    """``bundle_dir / name``, present and matching its manifest hash (else one line, not a reader's traceback)."""
+    path, expected = bundle_dir / name, manifest.files.get(name)
+    if not path.is_file() or (expected and sha256_file(path) != expected):
+        raise ArtifactError(f"{path} is missing or does not match manifest.json: copy the bundle again")
+    return path
 
 
 def load_class_rows(bundle_dir: str | os.PathLike[str], manifest: Manifest) -> np.ndarray | None:
@@ -45,10 +54,7 @@ def load_class_rows(bundle_dir: str | os.PathLike[str], manifest: Manifest) -> n
     entry = open_classes(manifest)
     if entry is None:
         return None
-    path = Path(bundle_dir) / entry["rows"]
-    expected = manifest.files.get(entry["rows"])
-    if not path.is_file() or (expected and sha256_file(path) != expected):
-        raise ArtifactError(f"{path} is missing or does not match manifest.json: copy the bundle again")
+    path = _checked_file(Path(bundle_dir), manifest, entry["rows"])
     rows = np.load(path, allow_pickle=False)
     if rows.ndim != 2 or rows.shape[0] != manifest.num_classes:
         raise ArtifactError(f"{path} holds {rows.shape} rows for {manifest.num_classes} classes: re-export the bundle")
@@ -96,10 +102,8 @@ def change_bundle_classes(bundle: str | os.PathLike[str], out: str | os.PathLike
     if entry is None:
         raise ConfigError(f"{bundle} keeps its classes inside model.onnx: export the run again with --open-classes "
                           f"(or change the run's classes: edgeprompt classes RUN_DIR --add NAME --out NEW_RUN)")
-    for key in ("text_graph", "vocab"):  # a missing or changed file is one line, not an onnxruntime traceback
-        path, expected = bundle / entry[key], manifest.files.get(entry[key])
-        if not path.is_file() or (expected and sha256_file(path) != expected):
-            raise ArtifactError(f"{path} is missing or does not match manifest.json: copy the bundle again")
+    for key in ("text_graph", "vocab"):  # before onnxruntime or the tokenizer reads them
+        _checked_file(bundle, manifest, entry[key])
     target = guard_output(out, "bundle", {"the bundle": bundle}, overwrite=overwrite)
     names = changed_classnames(manifest.classnames, add, remove)
     rows = load_class_rows(bundle, manifest)
@@ -119,16 +123,8 @@ def change_bundle_classes(bundle: str | os.PathLike[str], out: str | os.PathLike
                   "removed": [display_name(r) for r in remove]}
         files = {**manifest.files, entry["rows"]: sha256_file(work / entry["rows"])}
         extra = {**manifest.extra, "classes_changed": change}
-        from dataclasses import replace
-
         replace(manifest, classnames=tuple(names), files=files, extra=extra).write(work)
         replace_dir(work, target)
     return {"bundle": str(target), "classes": names, **change, "reused": sorted(set(manifest.files) - {entry["rows"]}),
             "encode_s": round(encode_s, 4), "time_s": round(time.perf_counter() - t0, 3)}
 
-
-def check_features_output(manifest: Manifest) -> None:
-    """An open-classes bundle's graph must output the image features its rows are applied to."""
-    assert manifest.io is not None
-    if OUTPUT_FEATURES not in manifest.io.output_names:
-        raise ArtifactError("the bundle lists class rows but its graph has no features output: re-export it")
