@@ -143,7 +143,7 @@ def test_what_cannot_change_classes_says_so(setup: dict[str, Path], tiny_model: 
     classes(setup["bundle"], changed, add=["grey"])
     with pytest.raises(ConfigError, match="changed since"):
         write_repository(changed, tmp_path / "repo")
-    with pytest.raises(ConfigError, match="already a class"):
+    with pytest.raises(ConfigError, match="already a class of this bundle"):
         classes(setup["bundle"], tmp_path / "y", add=[sorted(COLOURS)[0]])
 
 

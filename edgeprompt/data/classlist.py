@@ -10,17 +10,22 @@ from edgeprompt.data.folder import display_name
 from edgeprompt.errors import ConfigError
 
 
-def changed_classnames(current: Sequence[str], add: Sequence[str], remove: Sequence[str]) -> list[str]:
-    """The new class list: ``current`` without ``remove``, then ``add`` in the order given (checked)."""
+def changed_classnames(
+    current: Sequence[str], add: Sequence[str], remove: Sequence[str], source: str = "run"
+) -> list[str]:
+    """The new class list: ``current`` without ``remove``, then ``add`` in the order given (checked).
+
+    ``source`` ("run" or "bundle") is what the messages say the classes belong to.
+    """
     add_names, remove_names = [display_name(a) for a in add], [display_name(r) for r in remove]
     unknown = [r for r in remove_names if r not in current]
     if unknown:
-        raise ConfigError(f"--remove {', '.join(map(repr, unknown))}: not a class of this run; its classes are "
+        raise ConfigError(f"--remove {', '.join(map(repr, unknown))}: not a class of this {source}; its classes are "
                           f"{', '.join(current)}")
     kept = [c for c in current if c not in remove_names]
     present = [a for a in add_names if a in kept]
     if present:
-        raise ConfigError(f"--add {', '.join(map(repr, present))}: already a class of this run")
+        raise ConfigError(f"--add {', '.join(map(repr, present))}: already a class of this {source}")
     if len(set(add_names)) != len(add_names) or any(not a for a in add_names):
         raise ConfigError("--add: give each new class once, with a non-empty name")
     names = kept + add_names

@@ -105,7 +105,7 @@ def change_bundle_classes(bundle: str | os.PathLike[str], out: str | os.PathLike
     for key in ("text_graph", "vocab"):  # before onnxruntime or the tokenizer reads them
         _checked_file(bundle, manifest, entry[key])
     target = guard_output(out, "bundle", {"the bundle": bundle}, overwrite=overwrite)
-    names = changed_classnames(manifest.classnames, add, remove)
+    names = changed_classnames(manifest.classnames, add, remove, source="bundle")
     rows = load_class_rows(bundle, manifest)
     assert rows is not None  # an open-classes bundle always has rows
     old = list(manifest.classnames)
