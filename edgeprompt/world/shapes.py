@@ -3,13 +3,14 @@
 Two domains share the same objects:
 
 - ``pretrain``: clean renders; captions use the pretraining vocabulary. The tiny CLIP is trained on these.
-- ``downstream``: the labeled folders users tune on. Every image is drawn in the neon look (``STYLE``: a dark
-  backdrop, lit shapes with a glow), which pretraining shows on a quarter of its images and whose captions name it,
-  plus a background texture never seen in pretraining; and some class names are words the captions rarely or never
-  use (``RENAMED``: "rhombus" for diamond, "plus sign" for cross, "half moon" for crescent, …). Both gaps are ones a
-  learned prompt can partly close: the look is a consistent shift a prompt can describe, the renamed words are
-  label text that differs from the captions, as with real datasets. Why this world and not the others tried:
-  ``docs/world.md``.
+- ``downstream``: the labeled folders users tune on. Every image is **upside down** (turned 180 degrees, as from a
+  camera mounted on a ceiling) and drawn in the neon look (``STYLE``: a dark backdrop, lit shapes with a glow);
+  pretraining shows each look on a quarter of its images and those captions name it. Four shapes are another shape
+  turned over (``PAIRS``: an upside-down triangle is a yield sign), so the zero-shot template, which names no look,
+  reads each pair the wrong way round, and one learned context ("upside down") reads every pair right. A few class
+  names are words the captions rarely or never use (``RENAMED``: "rhombus" for diamond, "plus sign" for cross), as
+  with real datasets: a shared context cannot teach those, a class-specific one can. Why this world and not the
+  others tried: ``docs/world.md``.
 
 Everything is a pure function of a seed: ``ImageSpec`` holds every random choice, ``render`` draws it.
 """
@@ -46,13 +47,13 @@ TEXTURES = {"pretrain": ("flat", "stripes", "checker", "noise", "gradient"),
 # near 69 % (docs/world.md).
 SIZES: dict[str, tuple[float, float]] = {"small": (0.27, 0.32), "medium": (0.32, 0.37), "large": (0.37, 0.42)}
 # Downstream label words that pretraining captions rarely (RARE_IN_PRETRAIN) or never contain: the text-side part
-# of the domain gap. Fourteen of the twenty shapes are renamed, eleven of them to words pretraining never uses (world
-# v3: its features know every shape, so the unknown names are what keeps zero-shot a prior; docs/world.md).
+# of the domain gap. Five of the twenty shapes are renamed, two of them to words pretraining never uses; the look
+# (FLIP_P), not the names, is what keeps zero-shot a prior in world v3.1 (docs/world.md).
 RENAMED: dict[str, str] = {"diamond": "rhombus", "cross": "plus sign", "ring": "donut", "crescent": "half moon",
                            "oval": "ellipse", "purple": "violet", "cyan": "teal"}
 # Pretraining captions name these downstream words only now and then (probability per caption of that shape).
 RARE_IN_PRETRAIN: dict[str, float] = {"rhombus": 0.05, "donut": 0.05, "ellipse": 0.05}
-# The downstream look: every downstream image is drawn in neon (a dark backdrop, lit shapes with a glow). Pretraining
+# The first downstream look: every downstream image is drawn in neon (a dark backdrop, lit shapes with a glow). Pretraining
 # shows the same look on a quarter of its images, and those captions name it; a caption that names no look describes
 # a plain picture. So "a photo of a {}" is the wrong description downstream, and a prompt can learn the right one.
 STYLE, STYLE_P = "neon", 0.25
@@ -192,7 +193,8 @@ _GEOMETRY: dict[str, list[tuple[np.ndarray, int]]] = {
     "chevron": [(np.array([[-1.0, -0.7], [0.0, 0.1], [1.0, -0.7], [1.0, -0.05], [0.0, 0.75], [-1.0, -0.05]]), 255)],
 }
 # The partners: each is its shape turned 180 degrees, exactly (an upside-down triangle is a yield, pixel for pixel).
-for _a, _b in (("triangle", "yield"), ("trapezoid", "bucket"), ("semicircle", "bowl"), ("chevron", "caret")):
+PAIRS = (("triangle", "yield"), ("trapezoid", "bucket"), ("semicircle", "bowl"), ("chevron", "caret"))
+for _a, _b in PAIRS:
     _GEOMETRY[_b] = [(-poly, fill) for poly, fill in _GEOMETRY[_a]]
 # fmt: on
 # Rotation range per shape: small where a larger turn would make another class (square -> diamond, cross -> x), and
