@@ -33,15 +33,15 @@ from edgeprompt.world import shapes, tiny
 
 # name -> (method, options, noise)
 CSC = {"class_specific": True}
-SHARED = {"class_specific": False}  # said explicitly: left out, tune chooses by itself (class-specific on this world)
+SHARED = {"class_specific": False}  # said explicitly (tune's own choice on this world, where most names are known)
 CELLS: dict[str, tuple[str, dict, str]] = {
     "zeroshot": ("zeroshot", {}, "none"),
     "coop": ("coop", SHARED, "none"),
     "coop-csc": ("coop", CSC, "none"),
     "coop@sym50": ("coop", SHARED, "sym:0.5"),
     "coop-csc@sym50": ("coop", CSC, "sym:0.5"),
-    "nlprompt-csc@sym25": ("nlprompt", CSC, "sym:0.25"),
-    "nlprompt-csc@sym50": ("nlprompt", CSC, "sym:0.5"),
+    "nlprompt@sym25": ("nlprompt", SHARED, "sym:0.25"),
+    "nlprompt@sym50": ("nlprompt", SHARED, "sym:0.5"),
 }
 PROBE_C = (0.1, 1.0, 10.0, 100.0, 1000.0)
 

@@ -110,6 +110,25 @@ def test_domains_differ() -> None:
     assert shapes.render(down[0], 48).tobytes() == shapes.render(down[0], 48).tobytes()
 
 
+def test_upside_down_look_swaps_each_pair_pixel_for_pixel() -> None:
+    """Downstream images are turned 180 degrees; four shapes are another turned, so a turned triangle is an upright
+    yield exactly, and a caption that names no orientation describes an upright picture."""
+    from dataclasses import replace
+
+    down = [shapes.sample_spec(np.random.default_rng(i), "downstream") for i in range(40)]
+    pre = [shapes.sample_spec(np.random.default_rng(i), "pretrain") for i in range(200)]
+    assert all(s.orient == "flipped" for s in down) and 20 < sum(s.orient == "flipped" for s in pre) < 80
+    for a, b in shapes.PAIRS:
+        spec = shapes.sample_spec(np.random.default_rng(5), "downstream", shape=a)
+        upright = replace(spec, shape=b, orient="upright")
+        assert shapes.render(spec, 48).tobytes() == shapes.render(upright, 48).tobytes()
+        assert shapes.render(spec, 48).tobytes() != shapes.render(replace(spec, orient="upright"), 48).tobytes()
+    rng = np.random.default_rng(3)
+    for spec in pre:
+        text, mentions = shapes._caption_and_mentions(spec, rng)
+        assert ("orient", spec.orient) in mentions and (("upside down" in text) == (spec.orient == "flipped"))
+
+
 # ------------------------------------------------------------------------------------------------ tiny CLIP
 
 

@@ -3,13 +3,14 @@
 Two domains share the same objects:
 
 - ``pretrain``: clean renders; captions use the pretraining vocabulary. The tiny CLIP is trained on these.
-- ``downstream``: the labeled folders users tune on. Every image is drawn in the neon look (``STYLE``: a dark
-  backdrop, lit shapes with a glow), which pretraining shows on a quarter of its images and whose captions name it,
-  plus a background texture never seen in pretraining; and some class names are words the captions rarely or never
-  use (``RENAMED``: "rhombus" for diamond, "plus sign" for cross, "half moon" for crescent, …). Both gaps are ones a
-  learned prompt can partly close: the look is a consistent shift a prompt can describe, the renamed words are
-  label text that differs from the captions, as with real datasets. Why this world and not the others tried:
-  ``docs/world.md``.
+- ``downstream``: the labeled folders users tune on. Every image is **upside down** (turned 180 degrees, as from a
+  camera mounted on a ceiling) and drawn in the neon look (``STYLE``: a dark backdrop, lit shapes with a glow);
+  pretraining shows each look on a quarter of its images and those captions name it. Four shapes are another shape
+  turned over (``PAIRS``: an upside-down triangle is a yield sign), so the zero-shot template, which names no look,
+  reads each pair the wrong way round, and one learned context ("upside down") reads every pair right. A few class
+  names are words the captions rarely or never use (``RENAMED``: "rhombus" for diamond, "plus sign" for cross), as
+  with real datasets: a shared context cannot teach those, a class-specific one can. Why this world and not the
+  others tried: ``docs/world.md``.
 
 Everything is a pure function of a seed: ``ImageSpec`` holds every random choice, ``render`` draws it.
 """
@@ -34,7 +35,7 @@ from edgeprompt.registry import suggest
 TASKS = ("shape", "color", "shape-color")
 DOMAINS = ("pretrain", "downstream")
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "hexagon", "pentagon", "heart", "crescent",
-          "ring", "arrow", "oval", "rectangle", "trapezoid", "semicircle", "bolt", "chevron", "hourglass", "frame")
+          "ring", "arrow", "oval", "yield", "trapezoid", "semicircle", "bucket", "chevron", "bowl", "caret")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35), "orange": (245, 135, 20), "yellow": (240, 215, 30), "green": (35, 165, 55),
     "cyan": (30, 200, 210), "blue": (35, 70, 215), "purple": (135, 50, 185), "pink": (245, 115, 185),
@@ -46,19 +47,24 @@ TEXTURES = {"pretrain": ("flat", "stripes", "checker", "noise", "gradient"),
 # near 69 % (docs/world.md).
 SIZES: dict[str, tuple[float, float]] = {"small": (0.27, 0.32), "medium": (0.32, 0.37), "large": (0.37, 0.42)}
 # Downstream label words that pretraining captions rarely (RARE_IN_PRETRAIN) or never contain: the text-side part
-# of the domain gap. Fourteen of the twenty shapes are renamed, eleven of them to words pretraining never uses (world
-# v3: its features know every shape, so the unknown names are what keeps zero-shot a prior; docs/world.md).
-RENAMED: dict[str, str] = {"diamond": "rhombus", "cross": "plus sign", "ring": "donut", "star": "pentagram",
-                           "crescent": "half moon", "oval": "ellipse", "bolt": "zigzag", "trapezoid": "trapezium",
-                           "arrow": "pointer", "chevron": "caret", "rectangle": "oblong", "hourglass": "sand timer",
-                           "frame": "border", "semicircle": "half disc", "purple": "violet", "cyan": "teal"}
+# of the domain gap. Five of the twenty shapes are renamed, two of them to words pretraining never uses; the look
+# (FLIP_P), not the names, is what keeps zero-shot a prior in world v3.1 (docs/world.md).
+RENAMED: dict[str, str] = {"diamond": "rhombus", "cross": "plus sign", "ring": "donut", "crescent": "half moon",
+                           "oval": "ellipse", "purple": "violet", "cyan": "teal"}
 # Pretraining captions name these downstream words only now and then (probability per caption of that shape).
 RARE_IN_PRETRAIN: dict[str, float] = {"rhombus": 0.05, "donut": 0.05, "ellipse": 0.05}
-# The downstream look: every downstream image is drawn in neon (a dark backdrop, lit shapes with a glow). Pretraining
+# The first downstream look: every downstream image is drawn in neon (a dark backdrop, lit shapes with a glow). Pretraining
 # shows the same look on a quarter of its images, and those captions name it; a caption that names no look describes
 # a plain picture. So "a photo of a {}" is the wrong description downstream, and a prompt can learn the right one.
 STYLE, STYLE_P = "neon", 0.25
 STYLE_PHRASES = {"neon": (" in neon", " glowing in neon")}
+# The second downstream look: every downstream image is upside down (a camera mounted on a ceiling). Pretraining
+# shows it on a quarter of its images and those captions say so. Four shapes are another shape turned 180 degrees
+# (triangle / yield, trapezoid / bucket, semicircle / bowl, chevron / caret), so "a photo of a triangle" matches
+# the upside-down triangles of the downstream folders worse than "a photo of a yield" does: a look whose cost sits
+# in pairs of classes that swap, which one shared context ("upside down") undoes for every pair at once.
+FLIP_P = 0.25
+FLIP_PREFIX, FLIP_SUFFIX = ("upside down ",), (" upside down", " turned upside down")
 # Caption words per attribute value; synonyms make the text side less brittle.
 _SIZE_WORDS = {"small": ("small", "little"), "medium": ("medium", "medium-sized"), "large": ("large", "big")}
 _TEXTURE_WORDS = {"flat": ("plain", "flat"), "stripes": ("striped",), "checker": ("checkered", "checkerboard"),
@@ -96,6 +102,7 @@ class ImageSpec:
     tex_angle: float  # texture orientation, degrees
     seed: int  # drives the noise texture
     style: str = "plain"  # plain | neon: a whole-image look that captions name (STYLE_PHRASES)
+    orient: str = "upright"  # upright | flipped (turned 180 degrees; captions say "upside down")
 
 
 class PretrainBatch(NamedTuple):
@@ -181,16 +188,14 @@ _GEOMETRY: dict[str, list[tuple[np.ndarray, int]]] = {
     "arrow": [(np.array([[-1, -0.28], [0.15, -0.28], [0.15, -0.7], [1.05, 0], [0.15, 0.7], [0.15, 0.28],
                          [-1, 0.28]]), 255)],
     "oval": [(_ngon(48) * [1.15, 0.6], 255)],
-    "rectangle": [(np.array([[-1.2, -0.6], [1.2, -0.6], [1.2, 0.6], [-1.2, 0.6]]), 255)],
     "trapezoid": [(np.array([[-0.5, -0.75], [0.5, -0.75], [1.15, 0.75], [-1.15, 0.75]]), 255)],
     "semicircle": [(_ngon(48, 1.15)[12:37] + [0.0, -0.5], 255)],
-    "bolt": [(np.array([[0.15, -1.15], [-0.65, 0.15], [-0.05, 0.15], [-0.3, 1.15], [0.65, -0.2], [0.05, -0.2],
-                        [0.4, -1.15]]), 255)],
     "chevron": [(np.array([[-1.0, -0.7], [0.0, 0.1], [1.0, -0.7], [1.0, -0.05], [0.0, 0.75], [-1.0, -0.05]]), 255)],
-    "hourglass": [(np.array([[-0.75, -1.05], [0.75, -1.05], [0.0, 0.05]]), 255),
-                  (np.array([[-0.75, 1.05], [0.75, 1.05], [0.0, -0.05]]), 255)],
-    "frame": [(_ngon(4, 1.25, np.pi / 4), 255), (_ngon(4, 0.72, np.pi / 4), 0)],
 }
+# The partners: each is its shape turned 180 degrees, exactly (an upside-down triangle is a yield, pixel for pixel).
+PAIRS = (("triangle", "yield"), ("trapezoid", "bucket"), ("semicircle", "bowl"), ("chevron", "caret"))
+for _a, _b in PAIRS:
+    _GEOMETRY[_b] = [(-poly, fill) for poly, fill in _GEOMETRY[_a]]
 # fmt: on
 # Rotation range per shape: small where a larger turn would make another class (square -> diamond, cross -> x), and
 # at most MAX_TURN for every shape (v3: shapes stand roughly upright, like icons; a full turn made the shapes far
@@ -201,12 +206,14 @@ _MAX_TURN = {
     "diamond": 20.0,
     "cross": 20.0,
     "heart": 30.0,
-    "frame": 20.0,
+    "triangle": 20.0,  # a triangle turned 60 degrees is a yield: keep the two ranges apart
+    "yield": 20.0,
     "trapezoid": 30.0,
+    "bucket": 30.0,
     "semicircle": 40.0,
+    "bowl": 40.0,
     "chevron": 30.0,
-    "hourglass": 30.0,
-    "bolt": 30.0,
+    "caret": 30.0,
 }
 
 
@@ -259,7 +266,8 @@ def render(spec: ImageSpec, size: int = 64) -> Image.Image:
     img = _background(spec, size)
     if spec.style == "neon":  # a dark backdrop, the shapes stay lit
         img = img * 0.16
-    m = _mask(spec.shape, spec.radius, spec.cx, spec.cy, spec.angle, size)[..., None]
+    angle = spec.angle + (180.0 if spec.orient == "flipped" else 0.0)
+    m = _mask(spec.shape, spec.radius, spec.cx, spec.cy, angle, size)[..., None]
     img = img * (1 - m) + np.array(spec.rgb, np.float32) * m
     out = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
     if spec.style == "neon":  # the glow: a blurred copy added on top
@@ -315,8 +323,9 @@ def sample_spec(
     # fmt: on
     if domain == "pretrain":
         style = STYLE if rng.random() < STYLE_P else "plain"
-        return ImageSpec(**base, style=style)
-    return ImageSpec(**base, style=STYLE)
+        orient = "flipped" if rng.random() < FLIP_P else "upright"
+        return ImageSpec(**base, style=style, orient=orient)
+    return ImageSpec(**base, style=STYLE, orient="flipped")
 
 
 # ----------------------------------------------------------------------------------------------- captions
@@ -343,6 +352,12 @@ def _caption_and_mentions(spec: ImageSpec, rng: np.random.Generator) -> tuple[st
         mentions.add(("style", spec.style))
     else:
         mentions.add(("style", "plain"))  # a caption that names no look describes a plain picture
+    if spec.orient == "flipped":
+        if rng.random() < 0.5:
+            text = FLIP_PREFIX[rng.integers(len(FLIP_PREFIX))] + text
+        else:
+            text += FLIP_SUFFIX[rng.integers(len(FLIP_SUFFIX))]
+    mentions.add(("orient", spec.orient))  # no phrase: an upright picture
     if rng.random() < 0.7:  # mostly grammatical articles; sometimes "a arrow", as a fixed prompt template writes it
         text = re.sub(r"\ba ([aeiou])", r"an \1", text)
     if rng.random() < 0.5:
@@ -359,7 +374,7 @@ def caption_words(domain: str = "pretrain") -> list[str]:
     if domain == "pretrain":
         for w in RARE_IN_PRETRAIN:
             words.update(w.split())
-    for phrases in STYLE_PHRASES.values():
+    for phrases in (*STYLE_PHRASES.values(), FLIP_PREFIX, FLIP_SUFFIX):
         for ph in phrases:
             words.update(re.findall(r"[a-z]+", ph))
     for table in (_SIZE_WORDS, _TEXTURE_WORDS):
@@ -387,8 +402,8 @@ def pretrain_batch(rng: np.random.Generator, n: int, size: int = 64, domain: str
     """
     specs = [sample_spec(rng, domain) for _ in range(n)]
     caps = [_caption_and_mentions(s, rng) for s in specs]
-    keys = ("shape", "color", "size", "texture", "style")
-    have = np.array([[getattr(s, k) for k in keys] for s in specs])  # (n, 5) attribute values
+    keys = ("shape", "color", "size", "texture", "style", "orient")
+    have = np.array([[getattr(s, k) for k in keys] for s in specs])  # (n, 6) attribute values
     want = np.array([[dict(m).get(k, "") for k in keys] for _, m in caps])  # "" = not mentioned
     match = ((have[:, None] == want[None]) | (want[None] == "")).all(-1)
     images = np.stack([np.asarray(render(s, size)) for s in specs])
