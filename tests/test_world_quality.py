@@ -65,7 +65,7 @@ def test_names_the_model_does_not_know_get_class_specific_context_by_default(wor
     if not renamed.exists():
         shutil.copytree(world / "data" / "train", renamed)
         made_up = ("blicket", "wug", "dax", "zorp", "fep", "toma", "kiki", "bouba", "gazzer", "lorp")
-        for folder, name in zip(sorted(p for p in renamed.iterdir() if p.is_dir()), made_up):
+        for folder, name in zip(sorted(p for p in renamed.iterdir() if p.is_dir())[:10], made_up, strict=True):
             folder.rename(renamed / name)
     common = dict(method="coop", shots=16, cache_dir=str(world / "cache"), overwrite=True,
                   train_cfg=TrainConfig(epochs=1, seed=1, eval_every=0))

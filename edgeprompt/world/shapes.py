@@ -53,9 +53,10 @@ RENAMED: dict[str, str] = {"diamond": "rhombus", "cross": "plus sign", "ring": "
                            "oval": "ellipse", "purple": "violet", "cyan": "teal"}
 # Pretraining captions name these downstream words only now and then (probability per caption of that shape).
 RARE_IN_PRETRAIN: dict[str, float] = {"rhombus": 0.05, "donut": 0.05, "ellipse": 0.05}
-# The first downstream look: every downstream image is drawn in neon (a dark backdrop, lit shapes with a glow). Pretraining
-# shows the same look on a quarter of its images, and those captions name it; a caption that names no look describes
-# a plain picture. So "a photo of a {}" is the wrong description downstream, and a prompt can learn the right one.
+# The first downstream look: every downstream image is drawn in neon (a dark backdrop, lit shapes with a glow).
+# Pretraining shows the same look on a quarter of its images, and those captions name it; a caption that names no look
+# describes a plain picture. So "a photo of a {}" is the wrong description downstream, and a prompt can learn the
+# right one.
 STYLE, STYLE_P = "neon", 0.25
 STYLE_PHRASES = {"neon": (" in neon", " glowing in neon")}
 # The second downstream look: every downstream image is upside down (a camera mounted on a ceiling). Pretraining
