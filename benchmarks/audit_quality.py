@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from noisy_defaults import context_options  # the same explicit context (this folder is on sys.path)
 
 from edgeprompt.audit.run import audit
 from edgeprompt.config import AuditConfig, TrainConfig, TuneConfig
@@ -44,11 +45,6 @@ def write_manifest(path: Path, paths: list[Path], labels: list[int], names: tupl
         w.writerow(["path", "label"])
         w.writerows([str(p.resolve()), names[y]] for p, y in zip(paths, labels, strict=True))
     return path
-
-
-def context_options(method: str, csc: bool) -> dict:
-    """Say the context explicitly (left out, tune chooses class-specific context by itself on this world)."""
-    return {"class_specific": csc} if method in ("coop", "dspt", "nlprompt") else {}
 
 
 def tuned_top1(train: Path, test: Path, out: Path, method: str, cache: Path) -> float:
@@ -115,7 +111,7 @@ def main() -> int:
     ap.add_argument("--data-seeds", default="0,1,2")
     ap.add_argument("--noise", default="none,sym:0.25,sym:0.5,asym:0.25")
     ap.add_argument("--method", default="coop+csc", help="the method retuned on noisy / fixed / clean labels "
-                    "(METHOD+csc: class-specific context; the world's names are mostly unknown to the model)")
+                    "(METHOD+csc: class-specific context, as measured on world v3.0)")
     ap.add_argument("--no-retune", action="store_true", help="skip the three retunes per setting")
     args = ap.parse_args()
     out = Path(args.out)

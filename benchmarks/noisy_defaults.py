@@ -25,7 +25,7 @@ from edgeprompt.world import shapes
 
 
 def context_options(method: str, csc: bool) -> dict:
-    """Say the context explicitly (left out, tune chooses class-specific context by itself on this world)."""
+    """Say the context explicitly, so a row does not depend on tune's own choice (docs/defaults.md)."""
     return {"class_specific": csc} if method in ("coop", "dspt", "nlprompt") else {}
 
 

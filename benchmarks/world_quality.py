@@ -1,4 +1,4 @@
-"""The offline world's quality bars (world v3), rerunnable by anyone, offline, on a CPU.
+"""The offline world's quality bars (world v3.1), rerunnable by anyone, offline, on a CPU.
 
 On the downstream shape task of the shipped ``edgeprompt-tiny`` / ``shapes`` model, 16 shots, default flags, for
 each data seed (``data shapes --seed S``) and tuning seeds 1..N:
