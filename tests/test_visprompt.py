@@ -338,3 +338,21 @@ def test_sinkhorn_at_the_training_setting_tracks_pot() -> None:
     ref = ot.bregman.sinkhorn_log(a.numpy(), b.numpy(), (-lp).numpy(), 0.01, numItermax=1000, warn=False)
     assert np.abs(ours.numpy() - ref).max() <= info["err_rows"]
     assert (ours.argmax(1).numpy() == ref.argmax(1)).mean() >= 0.99
+
+
+def test_training_does_not_depend_on_the_feature_cache(tiny_model: str, image_folder: Path, tmp_path: Path) -> None:
+    """A cold cache (encoding draws from torch's global generator) and a warm one give the same dropout, so the same
+    run: the same loss at every epoch."""
+    from edgeprompt import api
+    from edgeprompt.config import TrainConfig, TuneConfig
+
+    def losses(out: Path) -> list[float]:
+        api.tune(TuneConfig(train=str(image_folder), out=str(out), method="visprompt", model=tiny_model,
+                            pretrained="none", shots=0, noise="sym:0.5", views=2, cache_dir=str(tmp_path / "cache"),
+                            method_options={"n_ctx": 4, "dropout": 0.5},
+                            train_cfg=TrainConfig(epochs=3, batch_size=4, device="cpu", eval_every=0)))
+        return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    cold = losses(tmp_path / "cold")  # every feature is encoded in this call
+    warm = losses(tmp_path / "warm")  # every feature is read back
+    assert len(cold) == 3 and cold == warm

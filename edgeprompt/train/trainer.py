@@ -89,7 +89,10 @@ def fit(
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp, init_scale=8192.0)  # 65536 overflowed with DSPT (dspt.md)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # the batch order
+    # dropout (VisPrompt's block) draws from the global generator: reseed it here, so training does not depend on
+    # what ran before it in the process (a feature-cache miss's DataLoader draws from it; a warm cache does not)
+    torch.manual_seed(cfg.seed)
     start, history = 0, []
     ckpt_path, metrics_path = workdir / CHECKPOINT, workdir / "metrics.jsonl"
     if ckpt_path.is_file():
