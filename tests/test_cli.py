@@ -167,3 +167,21 @@ def test_one_opt_syntax_for_every_verb() -> None:
     for bad, words in ((["dspt.n_ctx=4"], "not a method of this command"), (["n_ctx"], "KEY=VALUE")):
         with pytest.raises(ConfigError, match=words):
             parse_options(bad, ["coop"])
+
+
+def test_demo_caption_names_the_exported_method_and_any_row_that_kept_more() -> None:
+    from edgeprompt.cli.start import demo_caption
+
+    def row(label: str, method: str, noise: str, top1: float, kept: float) -> dict:
+        return {"label": label, "method": method, "noise": noise, "test_top1": top1, "gain_kept": kept,
+                "n_train": 320, "n_flipped": 160}
+
+    rows = [row("zero-shot", "zeroshot", "none", 0.46, 0.0), row("CoOp, clean labels", "coop", "none", 0.894, 1.0),
+            row("CoOp", "coop", "sym:0.5", 0.39, -0.161), row("DSPT", "dspt", "sym:0.5", 0.894, 1.0),
+            row("NLPrompt", "nlprompt", "sym:0.5", 0.872, 0.951)]
+    text = demo_caption({"rows": rows, "classes": list("abcdefghijklmnopqrst"), "noise": "sym:0.5"})
+    assert "+43.4 points" in text and "keeps -16 %" in text
+    assert "NLPrompt (recommended for noisy labels, exported below) keeps 95 %, DSPT 100 % here" in text
+    rows[3]["gain_kept"] = 0.5  # the recommended method kept the most: no second name
+    text = demo_caption({"rows": rows, "classes": list("abcdefghijklmnopqrst"), "noise": "sym:0.5"})
+    assert "keeps 95 %" in text and "DSPT" not in text
