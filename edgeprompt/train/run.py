@@ -135,10 +135,15 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
     def on_epoch(rec: dict[str, Any]) -> None:
         tick(rec["epoch"], epochs, **{k: v for k, v in rec.items() if k in ("loss", "train_acc", "val_acc")})
 
-    start_acc = _agreement(method, train_set)  # the start (the zero-shot prior, with the template init)
+    start_pred = _predictions(method, train_set)  # the start (the zero-shot prior, with the template init)
     history = fit(method, train_set, cfg.train_cfg, work, val_set, on_epoch) if epochs else []
     csc = bool(_asdict(method_cfg).get("class_specific", False))
-    verdict = learning_verdict(start_acc, _agreement(method, train_set), few.num_classes, csc) if epochs else None
+    verdict = None
+    if epochs:
+        end_pred, labels = _predictions(method, train_set), train_set.labels.cpu()
+        verdict = learning_verdict(float((start_pred == labels).float().mean()),
+                                   float((end_pred == labels).float().mean()), few.num_classes, csc,
+                                   moved=float((start_pred != end_pred).float().mean()), method=cfg.method)
     if verdict:
         log.warning("%s", verdict)
     (work / "checkpoint.pt").unlink(missing_ok=True)
@@ -174,10 +179,9 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
     }
 
 
-def _agreement(method: Any, data: TrainSet) -> float:
-    """Top-1 of ``method`` against the given labels on the centre views of its tuning samples."""
-    pred = batched_logits(method, data.eval_pooled, data.eval_tokens).argmax(-1)
-    return float((pred == data.labels.cpu()).float().mean())
+def _predictions(method: Any, data: TrainSet) -> torch.Tensor:
+    """(N,) top-1 class of ``method`` on the centre views of its tuning samples."""
+    return batched_logits(method, data.eval_pooled, data.eval_tokens).argmax(-1).cpu()
 
 
 # --csc when neither --csc nor --shared-ctx is given (default protocol only; the papers' keeps its shared context):
@@ -206,13 +210,21 @@ def context_choice(unknown: list[int], classnames: Sequence[str], csc: bool) -> 
             f"classes{f' (rarely {shown})' if unknown else ''} (--csc gives each class its own)")
 
 
-def learning_verdict(start: float, end: float, num_classes: int, class_specific: bool = False) -> str | None:
+# a tune that changed at least this share of its tuning samples' predictions moved the prompt: if it fits the labels
+# no better than its start, the labels disagree with the images (cross-entropy at 75 % noise), not the rate
+MOVED_SHARE = 0.1
+
+
+def learning_verdict(start: float, end: float, num_classes: int, class_specific: bool = False,
+                     moved: float = 0.0, method: str = "") -> str | None:
     """One line when a tune learned nothing, else None.
 
     ``start`` and ``end`` are top-1 against the given labels on the centre views of the tuning samples, before and
-    after training. At chance (under twice 1/C) the class names mean nothing to the model and the shared context
-    cannot rename them; no better than the start means the optimiser did not move the prompt (a bounded loss at a
-    small learning rate, too few epochs). What to try is the evidence in docs/defaults.md.
+    after training; ``moved`` the share of those samples whose prediction changed. At chance (under twice 1/C) the
+    class names mean nothing to the model and the shared context cannot rename them. No better than the start with
+    few predictions changed means the optimiser did not move the prompt (a bounded loss at a small learning rate,
+    too few epochs); with many changed, the prompt moved without fitting the labels, which is what labels that
+    disagree with their images do. What to try is the evidence in docs/defaults.md.
     """
     chance = 1.0 / num_classes
     if num_classes >= 3 and end < 2 * chance and class_specific:
@@ -223,6 +235,11 @@ def learning_verdict(start: float, end: float, num_classes: int, class_specific:
         return (f"the tuned prompt stayed at chance: {100 * end:.0f} % of its own tuning labels with {num_classes} "
                 f"classes (chance {100 * chance:.0f} %); the class names probably mean nothing to the model: try "
                 f"class-specific context, which can learn new names (--csc; with noisy labels --method nlprompt --csc)")
+    if end - start < 0.02 and end < 0.95 and moved >= MOVED_SHARE:
+        return (f"the tuned prompt changed {100 * moved:.0f} % of its predictions but fits its own tuning labels no "
+                f"better than its start ({100 * start:.0f} % -> {100 * end:.0f} %): many labels probably disagree "
+                f"with their images; check them with `edgeprompt audit`"
+                + ("" if method == "nlprompt" else " and tune with a noise-robust method (--method nlprompt)"))
     if end - start < 0.02 and end < 0.95:
         return (f"the tuned prompt learned nothing over its start: {100 * start:.0f} % -> {100 * end:.0f} % of its "
                 f"own tuning labels; try a larger --lr or more --epochs (robust losses move the prompt slowly)")
