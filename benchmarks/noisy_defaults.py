@@ -6,7 +6,9 @@ zero-shot), against clean class-specific CoOp for ``METHOD+csc`` rows (class-spe
 mean over data and tuning seeds; docs/defaults.md quotes it.
 
     python benchmarks/noisy_defaults.py [--methods dspt,nlprompt] [--lrs 0.002,0.005,0.01] \\
-        [--noise sym:0.25,sym:0.5,sym:0.75,asym:0.25] [--data-seeds 0,1] [--seeds 1]
+        [--noise sym:0.25,sym:0.5,sym:0.75,asym:0.25] [--data-seeds 0,1] [--seeds 1] [--option ot_warmup=2]
+
+``--option KEY=VALUE`` (repeatable) adds a method option to every noisy cell (the references keep the defaults).
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ def context_options(method: str, csc: bool) -> dict:
     return {"class_specific": csc} if method in ("coop", "dspt", "nlprompt") else {}
 
 
-def top1(data: Path, out: Path, cache: Path, method: str, noise: str, seed: int, lr: float | None) -> float:
+def top1(data: Path, out: Path, cache: Path, method: str, noise: str, seed: int, lr: float | None,
+         options: dict | None = None) -> float:
     """Clean test top-1 of one tune; ``METHOD+csc`` is the method with class-specific context."""
     method, _, csc = method.partition("+")
     tune(TuneConfig(train=str(data / "train"), out=str(out), method=method, shots=16, noise=noise,
-                    method_options=context_options(method, csc == "csc"),
+                    method_options=context_options(method, csc == "csc") | (options or {}),
                     cache_dir=str(cache), overwrite=True, train_cfg=TrainConfig(seed=seed, eval_every=0, lr=lr)))
     return 100 * evaluate(out, data / "test", cache_dir=str(cache))["top1"]
 
@@ -46,7 +49,11 @@ def main() -> int:
     ap.add_argument("--noise", default="sym:0.25,sym:0.5,sym:0.75,asym:0.25")
     ap.add_argument("--data-seeds", default="0,1")
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a method option for every noisy cell (a number or a word), repeatable")
     args = ap.parse_args()
+    options = {k: _value(v) for k, _, v in (o.partition("=") for o in args.option)}
+    tag = "".join(f"-{k}{v}" for k, v in options.items())
     out, t0 = Path(args.out), time.perf_counter()
     cache = out / "cache"
     kept: dict[tuple[str, float, str], list[float]] = {}
@@ -66,15 +73,15 @@ def main() -> int:
             for method in args.methods.split(","):
                 for lr in (float(x) for x in args.lrs.split(",")):
                     for noise in args.noise.split(","):
-                        t = top1(data, out / "runs" / f"d{ds}-{method}-{lr:g}-{noise.replace(':', '')}-s{seed}",
-                                 cache, method, noise, seed, lr)
+                        t = top1(data, out / "runs" / f"d{ds}-{method}-{lr:g}-{noise.replace(':', '')}-s{seed}{tag}",
+                                 cache, method, noise, seed, lr, options)
                         g = gain_kept(t, zs, clean_csc if method.endswith("+csc") else clean)
                         acc.setdefault((method, lr, noise), []).append(t)
                         kept.setdefault((method, lr, noise), []).append(g if g is not None else float("nan"))
                         kept_s = "n/a" if g is None else f"{g:.2f}"
                         print(f"d{ds} s{seed} {method} lr {lr:g} {noise}: {t:.1f} (kept {kept_s})", flush=True)
     noises = args.noise.split(",")
-    print(f"\ngain kept (mean over {len(refs)} data x tuning seeds; top-1 in brackets), "
+    print(f"\ngain kept (mean over {len(refs)} data x tuning seeds; top-1 in brackets; options {options or 'none'}), "
           f"{time.perf_counter() - t0:.0f} s:\n\n| method | lr | " + " | ".join(noises) + " |\n|" + "---|" *
           (2 + len(noises)))
     for method in args.methods.split(","):
@@ -85,6 +92,15 @@ def main() -> int:
     print(json.dumps({"refs": refs, "cells": {f"{m}|{lr:g}|{n}": {"top1": acc[(m, lr, n)], "kept": kept[(m, lr, n)]}
                                                for (m, lr, n) in acc}}))
     return 0
+
+
+def _value(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 if __name__ == "__main__":
