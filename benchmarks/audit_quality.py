@@ -146,7 +146,7 @@ def main() -> int:
             row = {"data_seed": ds, "noise": spec, "flipped": len(flipped), "flagged": len(flagged),
                    "precision": round(precision, 3), "recall": round(recall, 3), "true_rate": round(true_rate, 3),
                    "estimated_rate": res["estimated_noise_rate"], "reliable": res["reliable"],
-                   "classifier_acc_est": res["classifier_accuracy_est"],
+                   "classifier_acc_est": res["classifier_accuracy_est"], "prior_weight": res["prior_weight"],
                    "base_flagged": len(b_flagged), "base_precision": round(b_precision, 3),
                    "base_recall": round(b_recall, 3), "base_estimated_rate": round(b_rate, 4)}
             if not args.no_retune and spec != "none" and fixed_csv.exists():

@@ -261,7 +261,7 @@ class AuditConfig(BackboneFields, FeatureFields):
     probe_c: float = 10.0  # the probe's inverse L2 strength (scikit-learn's C) on unit-norm features
     folds: int = 4  # K of the K-fold cross-fitting
     epochs: int | None = None  # per fold; None: the protocol's
-    prior_weight: float = 0.5  # weight of the zero-shot prior in the mixture with the fold predictions
+    prior_weight: float | None = None  # the zero-shot prior's weight in the mixture; None: chosen (docs/audit.md)
     relabel_threshold: float = 0.5  # --write-fixed: a flagged sample is relabelled when its suggestion is this sure
     drop: bool = False  # --write-fixed: drop every flagged sample instead of relabelling
     force_fixed: bool = False  # --write-fixed even when the audit finds itself too weak to judge the labels
@@ -289,7 +289,7 @@ class AuditConfig(BackboneFields, FeatureFields):
             _check_int("--epochs", self.epochs, 0)
         for name in ("prior_weight", "relabel_threshold"):
             v = getattr(self, name)
-            if not (isinstance(v, int | float) and 0 <= v <= 1):
+            if not (isinstance(v, int | float) and 0 <= v <= 1) and not (name == "prior_weight" and v is None):
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {v!r}")
         check_protocol(self.protocol)
         if self.scorer not in AUDIT_SCORERS:

@@ -80,6 +80,32 @@ def test_confident_learning_finds_planted_flips() -> None:
     assert (cl["quality"][flip].max() < np.delete(cl["quality"], flip).min())
 
 
+def test_the_prior_weight_drops_a_confidently_wrong_prior_and_keeps_a_helpful_one() -> None:
+    """World v3.1's zero-shot prior reads pairs of classes the wrong way round: mixed at a fixed 0.5 it outvoted a
+    97 %-accurate probe and flagged 267 of 640 clean labels. The chosen weight must drop such a prior, keep one
+    that repairs a weak classifier, and leave a weight the user gave alone."""
+    from edgeprompt.audit.run import choose_prior_weight, confident_learning
+
+    rng = np.random.default_rng(0)
+    true = np.repeat(np.arange(8), 40)
+    given = true.copy()
+    flip = rng.choice(len(true), 80, replace=False)  # 25 % symmetric noise
+    given[flip] = (given[flip] + rng.integers(1, 8, len(flip))) % 8
+    probe = np.full((len(true), 8), 0.02) + np.eye(8)[true] * 0.86  # strong, fairly confident
+    swapped = true ^ 1  # classes 0<->1, 2<->3, ...: the prior reads every pair backwards
+    prior = np.where(true[:, None] < 4, np.eye(8)[swapped] * 0.97 + 0.03 / 8, np.eye(8)[true] * 0.5 + 0.5 / 8)
+    w, agreement = choose_prior_weight(probe, prior, given)
+    assert w == 0.0 and agreement[0.5] < agreement[0.0]
+    flagged = confident_learning(given, probe)["flagged"]
+    wrong = confident_learning(given, 0.5 * probe + 0.5 * prior)["flagged"]
+    assert (flagged == (given != true)).mean() > 0.95 and (wrong == (given != true)).mean() < 0.8  # why it matters
+    weak = np.full((len(true), 8), 1 / 8) + rng.normal(0, 0.05, (len(true), 8))  # a classifier near chance
+    good_prior = np.eye(8)[true] * 0.6 + 0.4 / 8
+    w, _ = choose_prior_weight(np.clip(weak, 0, None), good_prior, given)
+    assert w > 0.0
+    assert choose_prior_weight(probe, prior, given, 0.5)[0] == 0.5  # --prior-weight 0.5 is kept
+
+
 def test_audit_report_fixed_manifest_and_untouched_data(tiny_model: str, tmp_path: Path, cache_dir: Path) -> None:
     from edgeprompt.audit.run import audit
     from edgeprompt.config import TrainConfig, TuneConfig

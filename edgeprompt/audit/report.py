@@ -72,7 +72,8 @@ def write_report(cfg: AuditConfig, data: LabeledSet, probs: np.ndarray, cl: dict
                     if i != j and joint[i, j] > 0), reverse=True)[:10]
     summary: dict[str, Any] = {
         "train": str(cfg.train), "n": len(data), "classes": names, "method": cfg.method, "folds": cfg.folds,
-        "epochs": train_cfg.epochs, "prior_weight": cfg.prior_weight,
+        "epochs": train_cfg.epochs, "prior_weight": cl["prior_weight"], "prior_weight_chosen": cfg.prior_weight is None,
+        "prior_agreement": {f"{w:g}": round(a, 4) for w, a in cl["prior_agreement"].items()},
         "estimated_noise_rate": round(float(1.0 - np.trace(joint)), 4),
         "flagged": int(cl["flagged"].sum()), "flagged_frac": round(float(cl["flagged"].mean()), 4),
         "noise_matrix": np.round(noise_matrix, 4).tolist(), "noise_matrix_axes": "rows: given label; columns: "
@@ -126,13 +127,18 @@ def report_markdown(summary: dict[str, Any], rows: list[dict[str, Any]], cfg: Au
     top = [{**r, "path": Path(r["path"]).name} for r in rows[:20]]
     scorer = (f"a logistic-regression probe on the frozen features (C = {cfg.probe_c:g})" if cfg.scorer == "probe"
               else f"{cfg.method} tuned")
+    chosen = ""
+    if summary["prior_weight_chosen"]:
+        shown = ", ".join(f"{w}: {100 * a:.1f} %" for w, a in summary["prior_agreement"].items())
+        chosen = f" (the candidate whose top-1 agrees most with the given labels; {shown})"
     parts = [
         f"# Label audit of {summary['train']}\n",
         f"{summary['n']} labels, {len(summary['classes'])} classes. **{summary['verdict'][0].upper()}"
         f"{summary['verdict'][1:]}.**\n",
         f"Out-of-sample probabilities: {scorer} on {cfg.folds - 1} of {cfg.folds} folds, mixed with the zero-shot "
-        f"prior at weight {cfg.prior_weight}; flags and the noise estimate by confident learning. The classifier's "
-        f"accuracy is estimated from its own confidence, the labels' as 1 minus the estimated noise rate.\n",
+        f"prior at weight {summary['prior_weight']:g}{chosen}; flags and the noise estimate by confident learning. "
+        f"The classifier's accuracy is estimated from its own confidence, the labels' as 1 minus the estimated noise "
+        f"rate.\n",
         "## Most likely wrong\n", markdown_table(top, ["path", "given", "suggested", "suggested_prob", "score"]), "\n",
         "## Most confused pairs (estimated joint of given and true label)\n",
         markdown_table(summary["confused_pairs"], ["given", "true", "joint"]) or "none", "\n",

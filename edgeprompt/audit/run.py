@@ -165,6 +165,28 @@ MARGIN = 0.05  # the classifier must beat the labels by this much for its flags 
 STRONG = 0.95  # ... or be at least this accurate (labels that look clean leave nothing to beat)
 
 
+# candidate weights of the zero-shot prior (--prior-weight unset). On world v3.1 the prior reads four pairs of
+# classes the wrong way round, confidently: a fixed 0.5 flagged 267 of 640 clean labels there (docs/audit.md)
+PRIOR_WEIGHTS = (0.0, 0.1, 0.25, 0.5)
+
+
+def choose_prior_weight(fold_probs: np.ndarray, prior: np.ndarray, given: np.ndarray,
+                        fixed: float | None = None) -> tuple[float, dict[float, float]]:
+    """The prior's weight: ``fixed`` when given, else the candidate whose mixture's top-1 agrees most with the given
+    labels (ties: the smaller weight), and each candidate's agreement.
+
+    Both parts are out of sample (the fold predictions never saw the sample's label, the prior saw none), so the
+    agreement ranks the mixtures as classifiers of unseen labels. With symmetric noise at rate eta over C classes the
+    expected agreement is eta / (C - 1) + acc * (1 - eta C / (C - 1)), increasing in the classifier's accuracy while
+    the labels are better than chance, so noisy labels do not change the ranking. Top-1 agreement, not likelihood:
+    the likelihood of a noisy label rewards any smoothing, a wrong prior's too.
+    """
+    candidates = PRIOR_WEIGHTS if fixed is None else (float(fixed),)
+    agreement = {w: float((((1 - w) * fold_probs + w * prior).argmax(1) == given).mean()) for w in candidates}
+    best = max(candidates, key=lambda w: (agreement[w], -w))
+    return best, agreement
+
+
 def zero_shot_probs(backbone: Any, data: LabeledSet, centre: torch.Tensor) -> np.ndarray:
     """(N, C) zero-shot probabilities: the prior that has seen no label."""
     return zero_shot_logits(backbone, list(data.classnames), centre).softmax(-1).double().numpy()
@@ -262,8 +284,10 @@ def audit(cfg: AuditConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     else:
         fold_probs = out_of_sample_probs(cfg, data, feats, backbone, method_opts, train_cfg, rep, folds)
     prior = zero_shot_probs(backbone, data, centre)
-    probs = (1 - cfg.prior_weight) * fold_probs + cfg.prior_weight * prior
+    weight, agreement = choose_prior_weight(fold_probs, prior, given, cfg.prior_weight)
+    probs = (1 - weight) * fold_probs + weight * prior
     cl = confident_learning(given, probs)
+    cl["prior_weight"], cl["prior_agreement"] = weight, agreement
     cl["assessment"] = self_assessment(probe_agreement(feats, given, folds, cfg.probe_c, cfg.seed), cl["joint"])
     with output_lock(out):
         return write_report(cfg, data, probs, cl, train_cfg, time.perf_counter() - t0, rep)

@@ -208,7 +208,7 @@ def audit(
     protocol: Annotated[str, typer.Option(help=PROTOCOL_HELP)] = _AUDIT["protocol"],
     folds: Annotated[int, typer.Option(help="K of the K-fold cross-fitting (each sample is scored by a prompt that never saw it).")] = _AUDIT["folds"],
     epochs: Annotated[int | None, typer.Option(help="Epochs per fold (default: the protocol's).")] = None,
-    prior_weight: Annotated[float, typer.Option(help="Weight of the zero-shot prior mixed with the fold predictions.")] = _AUDIT["prior_weight"],
+    prior_weight: Annotated[float | None, typer.Option(help="Weight of the zero-shot prior mixed with the fold predictions (default: the weight whose mixture agrees best with the given labels, of 0, 0.1, 0.25, 0.5).")] = None,
     write_fixed: Annotated[Path | None, typer.Option(help="Write a corrected path,label CSV here (flagged samples relabelled or dropped).")] = None,
     relabel_threshold: Annotated[float, typer.Option(help="With --write-fixed: relabel a flagged sample when its suggestion is at least this probable, else drop it.")] = _AUDIT["relabel_threshold"],
     drop: Annotated[bool, typer.Option("--drop", help="With --write-fixed: drop every flagged sample instead of relabelling.")] = False,
