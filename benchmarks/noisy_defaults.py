@@ -9,6 +9,8 @@ mean over data and tuning seeds; docs/defaults.md quotes it.
         [--noise sym:0.25,sym:0.5,sym:0.75,asym:0.25] [--data-seeds 0,1] [--seeds 1] [--option ot_warmup=2]
 
 ``--option KEY=VALUE`` (repeatable) adds a method option to every noisy cell (the references keep the defaults).
+``--lrs default`` tunes each method at its own default rate (``config.default_lr``). With more than one seed in all,
+each cell also gets the standard deviation over data and tuning seeds.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgeprompt.config import TrainConfig, TuneConfig
+from edgeprompt.config import TrainConfig, TuneConfig, default_lr
 from edgeprompt.sweep.run import gain_kept
 from edgeprompt.train.run import evaluate, tune
 from edgeprompt.world import shapes
@@ -71,7 +73,7 @@ def main() -> int:
             refs.append({"data_seed": ds, "seed": seed, "zeroshot": zs, "coop": clean, "coop_csc": clean_csc})
             print(json.dumps(refs[-1]), flush=True)
             for method in args.methods.split(","):
-                for lr in (float(x) for x in args.lrs.split(",")):
+                for lr in rates(method, args.lrs):
                     for noise in args.noise.split(","):
                         t = top1(data, out / "runs" / f"d{ds}-{method}-{lr:g}-{noise.replace(':', '')}-s{seed}{tag}",
                                  cache, method, noise, seed, lr, options)
@@ -85,13 +87,23 @@ def main() -> int:
           f"{time.perf_counter() - t0:.0f} s:\n\n| method | lr | " + " | ".join(noises) + " |\n|" + "---|" *
           (2 + len(noises)))
     for method in args.methods.split(","):
-        for lr in (float(x) for x in args.lrs.split(",")):
+        for lr in rates(method, args.lrs):
             cells = [f"{100 * statistics.fmean(kept[(method, lr, n)]):.0f} % "
-                     f"({statistics.fmean(acc[(method, lr, n)]):.1f})" for n in noises]
+                     f"({statistics.fmean(acc[(method, lr, n)]):.1f}{_std(acc[(method, lr, n)])})" for n in noises]
             print(f"| {method} | {lr:g} | " + " | ".join(cells) + " |")
     print(json.dumps({"refs": refs, "cells": {f"{m}|{lr:g}|{n}": {"top1": acc[(m, lr, n)], "kept": kept[(m, lr, n)]}
                                                for (m, lr, n) in acc}}))
     return 0
+
+
+def rates(method: str, lrs: str) -> list[float]:
+    """The rates of ``--lrs`` for ``method``; ``default`` is its own default rate."""
+    name, _, csc = method.partition("+")
+    return [default_lr(name, "default", csc == "csc") if x == "default" else float(x) for x in lrs.split(",")]
+
+
+def _std(values: list[float]) -> str:
+    return f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
 
 
 def _value(text: str) -> int | float | str:
