@@ -106,7 +106,9 @@ def _std(values: list[float]) -> str:
     return f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
 
 
-def _value(text: str) -> int | float | str:
+def _value(text: str) -> bool | int | float | str:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for kind in (int, float):
         try:
             return kind(text)
