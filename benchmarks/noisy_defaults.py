@@ -8,7 +8,8 @@ mean over data and tuning seeds; docs/defaults.md quotes it.
     python benchmarks/noisy_defaults.py [--methods dspt,nlprompt] [--lrs 0.002,0.005,0.01] \\
         [--noise sym:0.25,sym:0.5,sym:0.75,asym:0.25] [--data-seeds 0,1] [--seeds 1] [--option ot_warmup=2]
 
-``--option KEY=VALUE`` (repeatable) adds a method option to every noisy cell (the references keep the defaults).
+``--option [METHOD.]KEY=VALUE`` (repeatable, parsed as the CLI's ``--opt``) adds a method option to every noisy cell
+(the references keep the defaults).
 ``--lrs default`` tunes each method at its own default rate (``config.default_lr``). With more than one seed in all,
 each cell also gets the standard deviation over data and tuning seeds.
 """
@@ -22,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from edgeprompt.cli.ui import parse_options
 from edgeprompt.config import TrainConfig, TuneConfig, default_lr
 from edgeprompt.sweep.run import gain_kept
 from edgeprompt.train.run import evaluate, tune
@@ -51,11 +53,12 @@ def main() -> int:
     ap.add_argument("--noise", default="sym:0.25,sym:0.5,sym:0.75,asym:0.25")
     ap.add_argument("--data-seeds", default="0,1")
     ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                    help="a method option for every noisy cell (a number or a word), repeatable")
+    ap.add_argument("--option", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
+                    help="a method option for every noisy cell, as the CLI's --opt, repeatable")
     args = ap.parse_args()
-    options = {k: _value(v) for k, _, v in (o.partition("=") for o in args.option)}
-    tag = "".join(f"-{k}{v}" for k, v in options.items())
+    # per method name, as `tune --opt` parses them (values as JSON where they parse)
+    options = parse_options(args.option, sorted({m.partition("+")[0] for m in args.methods.split(",")}))
+    tag = "".join(f"-{k}{v}" for k, v in {k: v for o in options.values() for k, v in o.items()}.items())
     out, t0 = Path(args.out), time.perf_counter()
     cache = out / "cache"
     kept: dict[tuple[str, float, str], list[float]] = {}
@@ -76,7 +79,7 @@ def main() -> int:
                 for lr in rates(method, args.lrs):
                     for noise in args.noise.split(","):
                         t = top1(data, out / "runs" / f"d{ds}-{method}-{lr:g}-{noise.replace(':', '')}-s{seed}{tag}",
-                                 cache, method, noise, seed, lr, options)
+                                 cache, method, noise, seed, lr, options.get(method.partition("+")[0]))
                         g = gain_kept(t, zs, clean_csc if method.endswith("+csc") else clean)
                         acc.setdefault((method, lr, noise), []).append(t)
                         kept.setdefault((method, lr, noise), []).append(g if g is not None else float("nan"))
@@ -104,17 +107,6 @@ def rates(method: str, lrs: str) -> list[float]:
 
 def _std(values: list[float]) -> str:
     return f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
-
-
-def _value(text: str) -> bool | int | float | str:
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 if __name__ == "__main__":

@@ -137,14 +137,15 @@ def _tune(cfg: TuneConfig, out: Path, rep: Reporter, t_start: float) -> dict[str
 
     start_pred = _predictions(method, train_set)  # the start (the zero-shot prior, with the template init)
     history = fit(method, train_set, cfg.train_cfg, work, val_set, on_epoch) if epochs else []
-    csc = bool(_asdict(method_cfg).get("class_specific", False))
     verdict = None
     if epochs:
         end_pred, labels = _predictions(method, train_set), train_set.labels.cpu()
+        resolved_opts = _asdict(method_cfg)
         verdict = learning_verdict(float((start_pred == labels).float().mean()),
-                                   float((end_pred == labels).float().mean()), few.num_classes, csc,
+                                   float((end_pred == labels).float().mean()), few.num_classes,
+                                   bool(resolved_opts.get("class_specific", False)),
                                    moved=float((start_pred != end_pred).float().mean()),
-                                   plain_ce=cfg.method == "coop" and _asdict(method_cfg).get("loss") == "ce")
+                                   plain_ce=cfg.method == "coop" and resolved_opts.get("loss") == "ce")
     if verdict:
         log.warning("%s", verdict)
     (work / "checkpoint.pt").unlink(missing_ok=True)
@@ -238,17 +239,17 @@ def learning_verdict(start: float, end: float, num_classes: int, class_specific:
         return (f"the tuned prompt stayed at chance: {100 * end:.0f} % of its own tuning labels with {num_classes} "
                 f"classes (chance {100 * chance:.0f} %); the class names probably mean nothing to the model: try "
                 f"class-specific context, which can learn new names (--csc; with noisy labels --method nlprompt --csc)")
-    if end - start < 0.02 and end < 0.95 and moved >= MOVED_SHARE:
+    if end - start >= 0.02 or end >= 0.95:
+        return None
+    if moved >= MOVED_SHARE:
         return (f"the tuned prompt changed {100 * moved:.0f} % of its predictions but fits its own tuning labels no "
                 f"better than its start ({100 * start:.0f} % -> {100 * end:.0f} %): many labels probably disagree "
                 f"with their images; check them with `edgeprompt audit`"
                 + (" and tune with a noise-robust method (--method nlprompt)" if plain_ce else
                    ", and judge the run on clean labeled images (`edgeprompt eval RUN TEST`): a robust method can "
                    "gain there while the noisy labels cannot show it"))
-    if end - start < 0.02 and end < 0.95:
-        return (f"the tuned prompt learned nothing over its start: {100 * start:.0f} % -> {100 * end:.0f} % of its "
-                f"own tuning labels; try a larger --lr or more --epochs (robust losses move the prompt slowly)")
-    return None
+    return (f"the tuned prompt learned nothing over its start: {100 * start:.0f} % -> {100 * end:.0f} % of its "
+            f"own tuning labels; try a larger --lr or more --epochs (robust losses move the prompt slowly)")
 
 
 def _asdict(cfg: Any) -> dict[str, Any]:
