@@ -9,7 +9,7 @@ import torch
 
 from edgeprompt.errors import ConfigError
 from edgeprompt.methods import FeatureBatch, create_method
-from edgeprompt.methods.ot import ot_split
+from edgeprompt.methods.ot import class_floor, ot_split
 from edgeprompt.train.trainer import TrainSet
 
 CLASSES = ["red", "green", "blue"]
@@ -31,12 +31,17 @@ def test_epoch_split_is_the_global_ot_of_the_current_prompt(tiny_backbone) -> No
     m.eval()
     with torch.no_grad():
         logits = m(FeatureBatch(data.eval_pooled))
-    want, _, _ = ot_split(logits.log_softmax(-1), given)
-    assert torch.equal(m._clean, want)  # the split a direct OT solve gives
+    raw, _, _ = ot_split(logits.log_softmax(-1), given)
+    assert torch.equal(m._clean, raw)  # a direct OT solve: the paper's split, no floor by default
     truly = true == given
     kept = int(m._clean.sum())
     assert metrics["ot_clean_frac"] == pytest.approx(kept / len(given))
     assert metrics["ot_precision"] == pytest.approx(int((m._clean & truly).sum()) / kept if kept else 0.0)
+    floored = create_method("nlprompt", tiny_backbone, CLASSES, ot_floor=0.5)  # the option: the split, floored
+    floored.load_state_dict(m.state_dict())
+    fm = floored.epoch_start({"data": data, "device": torch.device("cpu"), "epoch": 0})
+    assert torch.equal(floored._clean, class_floor(raw, logits.log_softmax(-1), given, 0.5))
+    assert fm["ot_floor_added"] == pytest.approx((int(floored._clean.sum()) - int(raw.sum())) / len(given))
 
 
 def test_loss_is_ce_on_clean_and_mae_on_the_rest(tiny_backbone) -> None:  # noqa: ANN001
@@ -57,6 +62,8 @@ def test_loss_is_ce_on_clean_and_mae_on_the_rest(tiny_backbone) -> None:  # noqa
 def test_options_are_checked(tiny_backbone) -> None:  # noqa: ANN001
     with pytest.raises(ConfigError, match="CE and the rest with MAE"):
         create_method("nlprompt", tiny_backbone, CLASSES, loss="gce")
+    with pytest.raises(ConfigError, match="ot_floor"):
+        create_method("nlprompt", tiny_backbone, CLASSES, ot_floor=1.5)
     with pytest.raises(ConfigError, match="ot_views"):
         create_method("nlprompt", tiny_backbone, CLASSES, ot_views="all")
 

@@ -11,7 +11,7 @@ import torch
 
 from edgeprompt.backbone import cosine_logits
 from edgeprompt.methods import FeatureBatch, create_method
-from edgeprompt.methods.ot import ot_split, sinkhorn_log, split_quality
+from edgeprompt.methods.ot import class_floor, ot_split, sinkhorn_log, split_quality
 from edgeprompt.methods.visprompt import VisPromptConfig, resolve_heads
 
 CLASSES = ["red", "green apple", "blue", "a very long class name with many words"]
@@ -77,6 +77,32 @@ def test_global_ot_split_precision_at_half_symmetric_noise(k: int, seed: int) ->
     assert q["recall"] >= 0.6, q
     assert float((pseudo == y).float().mean()) >= 0.7
     assert 0.0 < info["clean_frac"] < 0.6
+
+
+def test_class_floor_recovers_classes_a_swapped_prior_hides() -> None:
+    """A prompt that reads classes 0 and 1 the wrong way round (the world's upside-down pairs): the OT split, being
+    class-balanced, calls none of their samples clean; the floor gives each back its likeliest samples under the
+    given label, which are the truly clean ones, and leaves the other classes and the OT's picks alone."""
+    logits, y, given = clip_like(8, noise=0.25, seed=3, margin=0.05)
+    swapped = y < 2
+    logits[swapped, 1 - y[swapped]] = logits[swapped, y[swapped]] + 5.0  # the other one of the pair wins by 5 nats
+    lp = logits.log_softmax(-1)
+    raw, _, _ = ot_split(lp, given)
+    floored = class_floor(raw, lp, given)
+    assert int(torch.bincount(given[raw], minlength=8)[:2].sum()) <= 2  # the swap hides classes 0 and 1
+    want = torch.round(torch.bincount(given, minlength=8) * raw.double().mean()).long()  # (K,) the floors
+    have = torch.bincount(given[floored], minlength=8)
+    assert bool((have >= want).all()) and torch.equal(have[:2], want[:2])  # a hidden class gets exactly its floor
+    assert bool((floored | ~raw).all())  # nothing the OT called clean is dropped
+    met = (torch.bincount(given[raw], minlength=8) >= want)[given]  # (N,) sample's class already met its floor
+    assert torch.equal(floored[met], raw[met])  # those classes are left alone
+    added = floored & ~raw
+    assert int(added.sum()) >= 14 and float((given[added] == y[added]).double().mean()) >= 0.85  # noise rate: 0.25
+    half = class_floor(raw, lp, given, 0.5)  # a share of the floor: half of each class's fair part
+    count = torch.bincount(given, minlength=8)
+    half_want = torch.round(0.5 * count[:2] * raw.double().mean()).long()
+    assert torch.equal(torch.bincount(given[half], minlength=8)[:2], half_want)
+    assert torch.equal(class_floor(raw, lp, given, 0.0), raw)
 
 
 def test_split_quality_counts() -> None:

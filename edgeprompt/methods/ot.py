@@ -9,6 +9,13 @@ forms the kernel.
 The split: with uniform marginals (every sample carries mass 1/N, every class receives mass 1/K), the plan's row
 argmax is a pseudo-label that respects class balance; a sample is *clean* when that pseudo-label equals its given
 (possibly noisy) label.
+
+The class floor (ours; an option of NLPrompt and VisPrompt, off by default): the OT's class balance
+does not stop a prompt that reads two classes the wrong way round (a swap is balanced); then no sample given either
+label is called clean, cross-entropy on the rest teaches the prompt never to predict them, and the run stays at its
+prior (DKAF's "endogenous confirmation bias", research/robust-tuning.md T4). :func:`class_floor` tops the clean set
+up so every given class keeps at least a share of the overall clean fraction of its samples, taking those the model
+finds likeliest under their given label (CLIPCleaner keeps a per-class minimum for the same reason).
 """
 
 from __future__ import annotations
@@ -116,7 +123,7 @@ def ot_split(
 OT_VIEWS = ("centre", "augmented")
 
 
-def check_ot_options(views: str, eps: float, max_iter: int, warmup: int) -> None:
+def check_ot_options(views: str, eps: float, max_iter: int, warmup: int, floor: float = 0.0) -> None:
     """The OT split's options, as NLPrompt and VisPrompt take them (one place for both)."""
     from edgeprompt.errors import ConfigError
 
@@ -124,10 +131,50 @@ def check_ot_options(views: str, eps: float, max_iter: int, warmup: int) -> None
         raise ConfigError(f"ot_views must be one of {', '.join(OT_VIEWS)}, got {views!r}")
     if eps <= 0 or max_iter < 1 or warmup < 0:
         raise ConfigError("need ot_eps > 0, ot_iters >= 1 and ot_warmup >= 0")
+    if not 0.0 <= floor <= 1.0:
+        raise ConfigError(f"ot_floor is a share of each class's fair part of the clean set, in [0, 1]; got {floor}")
+
+
+def class_floor(clean: torch.Tensor, log_probs: torch.Tensor, given: torch.Tensor, share: float = 1.0) -> torch.Tensor:
+    """Top up ``clean`` so every given class keeps at least ``share`` times the overall clean fraction of its samples.
+
+    A class c with n_c samples and fewer than ``round(share * frac * n_c)`` of them clean (``frac`` =
+    ``clean.mean()``) gets its missing ones from its other samples, likeliest first under their given label.
+    Nothing is removed.
+
+    Args:
+        clean: (N,) bool, the OT split.
+        log_probs: (N, K) the model's log-probabilities.
+        given: (N,) int64 given labels.
+        share: 1.0 = the class's fair share of the clean set; 0.0 adds nothing.
+
+    Returns:
+        (N,) bool, a superset of ``clean``.
+    """
+    n, k = log_probs.shape
+    given = given.to(log_probs.device)
+    count = torch.bincount(given, minlength=k)  # (K,)
+    have = torch.bincount(given[clean], minlength=k)
+    want = torch.round(share * count.double() * clean.double().mean()).long()
+    deficit = (want - have).clamp(min=0)  # (K,) samples each class still needs
+    if not bool(deficit.any()):
+        return clean
+    score = log_probs.gather(1, given[:, None]).squeeze(1).double()  # (N,) log p(given)
+    # candidates: the not-yet-clean, ranked before the clean ones even where log p is -inf
+    score = torch.where(clean, torch.full_like(score, -torch.inf), score.clamp(min=torch.finfo(score.dtype).min))
+    order = torch.argsort(score, descending=True, stable=True)
+    order = order[torch.argsort(given[order], stable=True)]  # by class, likeliest first within each
+    start = torch.cumsum(count, 0) - count  # (K,) first position of each class in ``order``
+    rank = torch.arange(n, device=given.device) - start[given[order]]  # rank within its class
+    take = order[rank < deficit[given[order]]]
+    out = clean.clone()
+    out[take] = True
+    return out
 
 
 def epoch_split(
-    method: Any, ctx: dict[str, Any], views: str = "centre", eps: float = 0.01, max_iter: int = 1000
+    method: Any, ctx: dict[str, Any], views: str = "centre", eps: float = 0.01, max_iter: int = 1000,
+    floor: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """The per-epoch OT split of the whole training set under ``method``'s current prompt (NLPrompt, VisPrompt).
 
@@ -138,6 +185,7 @@ def epoch_split(
             released code scores its augmented training loader.
         eps: Sinkhorn's entropic regularisation.
         max_iter: Sinkhorn's iteration cap.
+        floor: :func:`class_floor`'s share (ours; 0: the papers' split).
 
     Returns:
         ``(clean (N,) bool, pseudo (N,) int64, metrics)``; with known true labels the metrics include the split's
@@ -158,9 +206,14 @@ def epoch_split(
     logits = batched_logits(method, pooled, tokens)  # (N, C), eval mode
     device = ctx.get("device") or logits.device
     given = data.labels.to(device)
-    clean, pseudo, info = ot_split(logits.to(device).log_softmax(-1), given, eps, max_iter)
-    metrics = {"ot_clean_frac": info["clean_frac"], "ot_iters": float(info["iterations"]),
-               "ot_converged": float(info["converged"]), "ot_err": info["err_rows"]}
+    log_probs = logits.to(device).log_softmax(-1)
+    clean, pseudo, info = ot_split(log_probs, given, eps, max_iter)
+    ot_frac = info["clean_frac"]
+    if floor > 0:
+        clean = class_floor(clean, log_probs, given, floor)
+    metrics = {"ot_clean_frac": float(clean.double().mean()), "ot_floor_added": float(clean.double().mean()) - ot_frac,
+               "ot_iters": float(info["iterations"]), "ot_converged": float(info["converged"]),
+               "ot_err": info["err_rows"]}
     if data.true_labels is not None:
         true = data.true_labels.to(device)
         q = split_quality(clean, true == given)

@@ -60,6 +60,8 @@ class VisPromptConfig:
     ot_eps: float = 0.01  # Sinkhorn entropic regularisation
     ot_iters: int = 1000  # Sinkhorn iteration cap
     ot_warmup: int = 0  # epochs of plain CE before the first OT split (0 = the released schedule)
+    # > 0: the split's class floor (methods/ot.py class_floor); off: at 1 it stalled clean runs (docs/visprompt.md)
+    ot_floor: float = 0.0
     ot_views: str = "centre"  # the split scores centre views (ours) | augmented (one random cached view, released)
     noisy_target: str = "given"  # GCE on OT-noisy samples towards their given label (released) | ot (pseudo-label)
 
@@ -76,7 +78,7 @@ class VisPromptConfig:
             raise ConfigError(f"gce_q must be in (0, 1], got {self.gce_q}")
         if self.noisy_target not in NOISY_TARGETS:
             raise ConfigError(f"noisy_target must be one of {', '.join(NOISY_TARGETS)}, got {self.noisy_target!r}")
-        check_ot_options(self.ot_views, self.ot_eps, self.ot_iters, self.ot_warmup)
+        check_ot_options(self.ot_views, self.ot_eps, self.ot_iters, self.ot_warmup, self.ot_floor)
 
 
 class CrossModalBlock(nn.Module):
@@ -251,5 +253,5 @@ class VisPrompt(PromptMethod):
             self._clean = None
             return {}
         self._clean, self._pseudo, metrics = epoch_split(self, ctx, self.cfg.ot_views, self.cfg.ot_eps,
-                                                         self.cfg.ot_iters)
+                                                         self.cfg.ot_iters, self.cfg.ot_floor)
         return metrics
