@@ -74,7 +74,7 @@ class NLPrompt(CoOp):
             self._clean = None
             return {}
         self._clean, _, metrics = epoch_split(self, ctx, self.cfg.ot_views, self.cfg.ot_eps, self.cfg.ot_iters,
-                                                 self.cfg.ot_floor)
+                                              self.cfg.ot_floor)
         return metrics
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, batch: FeatureBatch) -> dict[str, torch.Tensor]:

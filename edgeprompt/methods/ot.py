@@ -208,10 +208,10 @@ def epoch_split(
     given = data.labels.to(device)
     log_probs = logits.to(device).log_softmax(-1)
     clean, pseudo, info = ot_split(log_probs, given, eps, max_iter)
-    ot_frac = info["clean_frac"]
     if floor > 0:
         clean = class_floor(clean, log_probs, given, floor)
-    metrics = {"ot_clean_frac": float(clean.double().mean()), "ot_floor_added": float(clean.double().mean()) - ot_frac,
+    frac = float(clean.double().mean())
+    metrics = {"ot_clean_frac": frac, "ot_floor_added": frac - info["clean_frac"],
                "ot_iters": float(info["iterations"]), "ot_converged": float(info["converged"]),
                "ot_err": info["err_rows"]}
     if data.true_labels is not None:
