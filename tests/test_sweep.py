@@ -22,6 +22,24 @@ def test_noise_groups_and_cells() -> None:
     assert "coop-mae__sym-0.5__s2" in names
 
 
+def test_cell_keys_follow_method_defaults(monkeypatch) -> None:  # noqa: ANN001
+    """A default that changes between two runs of a sweep changes the key of exactly the cells it applies to, so a
+    resume recomputes them instead of reporting cells tuned under the old default."""
+    import dataclasses
+
+    from edgeprompt import config
+
+    cfg = sw.SweepConfig(train="t", test="t", out="o", methods=("coop", "nlprompt"), noise=("sym:0.5",), seeds=1)
+    before = {c["name"]: c["key"] for c in sw.cells(cfg)}
+    nl = next(c for c in sw.cells(cfg) if c["method"] == "nlprompt")
+    assert nl["settings"]["method_config"]["ot_floor"] == 0.0  # the whole resolved config, not only what was given
+    proto = config.PROTOCOLS["default"]
+    monkeypatch.setitem(config.PROTOCOLS, "default", dataclasses.replace(proto, method_options=(("ot_floor", 0.5),)))
+    after = {c["name"]: c["key"] for c in sw.cells(cfg)}
+    assert after["coop-ce__sym-0.5__s1"] == before["coop-ce__sym-0.5__s1"]  # CoOp has no ot_floor
+    assert after["nlprompt__sym-0.5__s1"] != before["nlprompt__sym-0.5__s1"]
+
+
 def test_sweep_runs_resumes_and_reports(tiny_model, image_folder, cache_dir, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     from edgeprompt import api
 

@@ -5,8 +5,9 @@ Layout of ``OUT``::
 
     sweep.json            the settings of the latest run of the sweep
     cells/<cell>.<key>.json  one finished cell; ``key`` hashes everything that defines it (data, test set, model
-                          and weights, method and options, protocol, epochs, shots, views, crop, noise, seed), so a
-                          rerun with other settings computes new cells and never reports an old one as new
+                          and weights, method and its resolved config, protocol, epochs, learning rate, shots,
+                          views, crop, noise, seed), so a rerun with other settings or after a default changed
+                          computes new cells and never reports an old one as new
     runs/<cell>.<key>/    the cell's run directory
     results.json          every cell + the summary table
     results.md / .csv     method x noise table, mean ± std over seeds
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeprompt.config import PROTOCOLS, SweepConfig, TrainConfig, TuneConfig, default_lr
+from edgeprompt.config import PROTOCOLS, SweepConfig, TrainConfig, TuneConfig, default_lr, resolve_tune
 from edgeprompt.data.noise import parse_noise
 from edgeprompt.errors import ConfigError
 from edgeprompt.features.cache import check_cache_dir
@@ -96,6 +97,18 @@ def sweep_identity(cfg: SweepConfig) -> dict[str, Any]:
             "shots": cfg.shots, "views": cfg.views, "crop_scale": cfg.crop_scale}
 
 
+def method_settings(method: str, options: dict[str, Any], protocol: str) -> dict[str, Any]:
+    """The method's whole config as ``tune`` resolves it (its defaults, the protocol's fill-ins, the user's options)."""
+    import dataclasses
+
+    from edgeprompt.methods.base import build_config, method_config_class
+
+    names = [f.name for f in dataclasses.fields(method_config_class(method))]
+    resolved = resolve_tune(TuneConfig(train="", out="", method=method, method_options=options, protocol=protocol),
+                            None, names)
+    return dataclasses.asdict(build_config(method, resolved.options))
+
+
 def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
     """Every cell to run, in a stable order; ``key`` names its file and changes with anything that defines it."""
     cfg.validate()
@@ -105,8 +118,10 @@ def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
         raise ConfigError(f"--noise lists {', '.join(repeated)} more than once: give each rate once (use --seeds "
                           f"for repeats)")
     ident = sweep_identity(cfg)
+    rows = _rows(cfg)
+    settings = {label: method_settings(method, opts, cfg.protocol) for label, method, opts in rows}
     out = []
-    for label, method, opts in _rows(cfg):
+    for label, method, opts in rows:
         for seed in range(1, cfg.seeds + 1):
             grid = [("none", 0.0)] if method == "zeroshot" else noises
             for kind, rate in grid:
@@ -114,9 +129,11 @@ def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
                 name = f"{label}__{kind}-{rate:g}__s{seed}" if method != "zeroshot" else f"{label}__s{seed}"
                 cell = {"name": name, "row": label, "method": method, "options": opts, "kind": kind, "rate": rate,
                         "noise": noise, "seed": seed}
+                # the resolved method config and learning rate are part of the key, not only the options given:
+                # a resume after a default changed never reuses the cells computed under the old one
                 defining = {**ident, **{k: cell[k] for k in ("method", "options", "noise", "seed")},
+                            "method_config": settings[label],
                             "lr": default_lr(method, cfg.protocol, bool(opts.get("class_specific", False)))}
-                # (the resolved learning rate is part of the key: a changed default never reuses old cells)
                 if method == "zeroshot":  # trains nothing: epochs, views and crop do not change it
                     defining = {k: v for k, v in defining.items() if k not in ("epochs", "views", "crop_scale", "lr")}
                 cell["key"] = hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:12]
