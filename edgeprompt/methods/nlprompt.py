@@ -21,6 +21,12 @@ Where the paper and the released code (qunovo/NLPrompt @ b36bc8e) leave a choice
   at least that share of its fair part of the clean set, topped up with its likeliest samples under the given label
   (:func:`~edgeprompt.methods.ot.class_floor`). It freed the run that stays at the prior with the paper's split and
   stalled as many others (docs/defaults.md), so the default is the paper's split.
+- **What scores the first split** (ours, ``ot_start="auto"``): the paper's first split is scored by the prompt at its
+  start, the zero-shot prior. Where the prior reads classes the wrong way round their samples are never called clean
+  and the run stays at the prior; ``auto`` scores the first split with the given labels' leave-one-out class
+  prototypes instead when those agree with the labels more often than the prompt does
+  (:func:`~edgeprompt.methods.ot.prototype_log_probs`); every later split is the prompt's. ``ot_start="model"`` is the
+  paper's.
 - **Context init and epochs** follow the project's protocol (``--protocol paper``: 16 random tokens, 200 epochs).
 """
 
@@ -50,11 +56,14 @@ class NLPromptConfig(CoOpConfig):
     # class_floor). Off by default: at 0.5 it freed the run stuck at the prior and stalled others (docs/defaults.md)
     ot_floor: float = 0.0
     ot_views: str = "centre"  # centre (ours) | augmented (one random cached view, as the released code)
+    # what scores the first split: auto (ours: the labels' leave-one-out prototypes where they agree with the labels
+    # more than the prompt does) | model (the paper) | prototypes (methods/ot.py; docs/defaults.md)
+    ot_start: str = "auto"
 
     def validate(self) -> None:
         if self.loss != "ce":
             raise ConfigError("nlprompt trains the OT-clean samples with CE and the rest with MAE: drop --loss")
-        check_ot_options(self.ot_views, self.ot_eps, self.ot_iters, self.ot_warmup, self.ot_floor)
+        check_ot_options(self)
         super().validate()
 
 
@@ -70,11 +79,8 @@ class NLPrompt(CoOp):
         self._clean: torch.Tensor | None = None  # (N,) bool over the training set, set before each epoch
 
     def epoch_start(self, ctx: dict[str, Any]) -> dict[str, float]:
-        if ctx.get("epoch", 0) < self.cfg.ot_warmup:
-            self._clean = None
-            return {}
-        self._clean, _, metrics = epoch_split(self, ctx, self.cfg.ot_views, self.cfg.ot_eps, self.cfg.ot_iters,
-                                              self.cfg.ot_floor)
+        split = epoch_split(self, ctx, self.cfg)
+        self._clean, _, metrics = split if split is not None else (None, None, {})
         return metrics
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, batch: FeatureBatch) -> dict[str, torch.Tensor]:

@@ -16,11 +16,21 @@ label is called clean, cross-entropy on the rest teaches the prompt never to pre
 prior (DKAF's "endogenous confirmation bias", research/robust-tuning.md T4). :func:`class_floor` tops the clean set
 up so every given class keeps at least a share of the overall clean fraction of its samples, taking those the model
 finds likeliest under their given label (CLIPCleaner keeps a per-class minimum for the same reason).
+
+The first split's scorer (ours, ``ot_start``; default ``auto``): the papers score every split, the first included, with
+the prompt being tuned, which at its start is the zero-shot prior (or, for VisPrompt, the prior through a randomly
+initialised block). Where that prior reads classes the wrong way round, the first split can never call their samples
+clean, and the run stays there. The labels themselves know better as soon as most of each class is labelled right:
+leave-one-out class prototypes of the given labels (:func:`prototype_log_probs`) score the first split instead when
+they agree with the given labels more often than the prompt does. Both are out of sample (the prompt has seen no
+label; a sample's own feature is left out of its class mean), and under symmetric noise the expected agreement
+rises with a scorer's true accuracy, so the more accurate one wins (the audit chooses its prior weight by the same
+rule, audit/run.py). On world v3.1 the prototypes win at 25-50 % noise and asymmetric noise, the prior at 75 %.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -121,18 +131,70 @@ def ot_split(
 
 
 OT_VIEWS = ("centre", "augmented")
+OT_STARTS = ("auto", "model", "prototypes")
 
 
-def check_ot_options(views: str, eps: float, max_iter: int, warmup: int, floor: float = 0.0) -> None:
-    """The OT split's options, as NLPrompt and VisPrompt take them (one place for both)."""
+class OTOptions(Protocol):
+    """The OT split's options, as fields of NLPrompt's and VisPrompt's configs (one set of names for both)."""
+
+    @property
+    def ot_eps(self) -> float: ...  # Sinkhorn's entropic regularisation
+    @property
+    def ot_iters(self) -> int: ...  # Sinkhorn's iteration cap
+    @property
+    def ot_warmup(self) -> int: ...  # epochs before the first split (the method's own loss on every sample)
+    @property
+    def ot_floor(self) -> float: ...  # class_floor's share (0: the papers' split)
+    @property
+    def ot_views(self) -> str: ...  # OT_VIEWS
+    @property
+    def ot_start(self) -> str: ...  # OT_STARTS: what scores the first split
+
+
+def check_ot_options(cfg: OTOptions) -> None:
+    """Refuse bad OT options with one line naming the option (NLPrompt's and VisPrompt's ``validate``)."""
     from edgeprompt.errors import ConfigError
 
-    if views not in OT_VIEWS:
-        raise ConfigError(f"ot_views must be one of {', '.join(OT_VIEWS)}, got {views!r}")
-    if eps <= 0 or max_iter < 1 or warmup < 0:
+    if cfg.ot_views not in OT_VIEWS:
+        raise ConfigError(f"ot_views must be one of {', '.join(OT_VIEWS)}, got {cfg.ot_views!r}")
+    if cfg.ot_start not in OT_STARTS:
+        raise ConfigError(f"ot_start must be one of {', '.join(OT_STARTS)}, got {cfg.ot_start!r}")
+    if cfg.ot_eps <= 0 or cfg.ot_iters < 1 or cfg.ot_warmup < 0:
         raise ConfigError("need ot_eps > 0, ot_iters >= 1 and ot_warmup >= 0")
-    if not 0.0 <= floor <= 1.0:
-        raise ConfigError(f"ot_floor is a share of each class's fair part of the clean set, in [0, 1]; got {floor}")
+    if not 0.0 <= cfg.ot_floor <= 1.0:
+        raise ConfigError(f"ot_floor is a share of each class's fair part of the clean set, in [0, 1]; got "
+                          f"{cfg.ot_floor}")
+
+
+def prototype_log_probs(features: torch.Tensor, given: torch.Tensor, num_classes: int,
+                        scale: float) -> torch.Tensor:
+    """(N, K) log-probabilities of leave-one-out class prototypes of the given labels.
+
+    Sample i scores class c by ``scale * cos(x_i, m_c)``, where ``m_c`` sums the unit features labelled c other than
+    x_i itself, so no sample's own label shapes its own score. Computed from (K, E) class sums and their norms, never
+    an (N, K, E) tensor: ``|S_c - x_i|^2 = |S_c|^2 - 2 x_i.S_c + 1`` for unit x_i. A class with no other sample
+    scores 0.
+
+    Args:
+        features: (N, E) frozen image features (normalised here).
+        given: (N,) int64 given labels.
+        num_classes: K.
+        scale: the logit scale (CLIP's inverse temperature), so the OT sees costs of the prompt's magnitude.
+    """
+    x = torch.nn.functional.normalize(features.double(), dim=-1)  # (N, E)
+    onehot = torch.nn.functional.one_hot(given.to(x.device), num_classes).double()  # (N, K)
+    sums = onehot.T @ x  # (K, E)
+    dots = x @ sums.T  # (N, K): x_i . S_c
+    own = onehot  # 1 where S_c contains x_i
+    num = dots - own  # x_i . (S_c - x_i) = x_i . S_c - 1
+    norm_sq = (sums * sums).sum(-1)[None, :] - own * (2 * dots - 1)  # |S_c - [c = y_i] x_i|^2
+    cos = torch.where(norm_sq > 1e-12, num / norm_sq.clamp(min=1e-12).sqrt(), torch.zeros_like(num))
+    return (scale * cos).log_softmax(-1)
+
+
+def agreement(log_probs: torch.Tensor, given: torch.Tensor) -> float:
+    """How often a scorer's top-1 equals the given label."""
+    return float((log_probs.argmax(-1) == given.to(log_probs.device)).double().mean())
 
 
 def class_floor(clean: torch.Tensor, log_probs: torch.Tensor, given: torch.Tensor, share: float = 1.0) -> torch.Tensor:
@@ -172,33 +234,33 @@ def class_floor(clean: torch.Tensor, log_probs: torch.Tensor, given: torch.Tenso
     return out
 
 
-def epoch_split(
-    method: Any, ctx: dict[str, Any], views: str = "centre", eps: float = 0.01, max_iter: int = 1000,
-    floor: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+def epoch_split(method: Any, ctx: dict[str, Any],
+                cfg: OTOptions) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]] | None:
     """The per-epoch OT split of the whole training set under ``method``'s current prompt (NLPrompt, VisPrompt).
 
     Args:
         method: a :class:`~edgeprompt.methods.base.PromptMethod`; scored in eval mode.
         ctx: the trainer's epoch context (``data``: the TrainSet, ``device``, ``epoch``).
-        views: ``centre`` scores the centre views (ours); ``augmented`` one random cached view per sample, as the
-            released code scores its augmented training loader.
-        eps: Sinkhorn's entropic regularisation.
-        max_iter: Sinkhorn's iteration cap.
-        floor: :func:`class_floor`'s share (ours; 0: the papers' split).
+        cfg: the method's config (:class:`OTOptions`): ``ot_views`` ``centre`` scores the centre views (ours),
+            ``augmented`` one random cached view per sample, as the released code scores its augmented training
+            loader; ``ot_start`` what scores the first split (module docstring); Sinkhorn's ``ot_eps`` and
+            ``ot_iters``; :func:`class_floor`'s ``ot_floor`` (0: the papers' split).
 
     Returns:
-        ``(clean (N,) bool, pseudo (N,) int64, metrics)``; with known true labels the metrics include the split's
-        precision and recall against the truly clean samples.
+        None during the warm-up (epoch < ``ot_warmup``), else ``(clean (N,) bool, pseudo (N,) int64, metrics)``;
+        with known true labels the metrics include the split's precision and recall against the truly clean samples.
     """
     from edgeprompt.methods.base import batched_logits
 
+    epoch = int(ctx.get("epoch", 0))
+    if epoch < cfg.ot_warmup:
+        return None
     data = ctx["data"]
     tokens_needed = bool(getattr(method, "needs_tokens", False))
-    if views == "centre" and data.eval_pooled is not None:
+    if cfg.ot_views == "centre" and data.eval_pooled is not None:
         pooled, tokens = data.eval_pooled, data.eval_tokens if tokens_needed else None
     else:
-        g = torch.Generator().manual_seed(int(ctx.get("epoch", 0)))
+        g = torch.Generator().manual_seed(epoch)
         view = torch.randint(data.pooled.shape[1], (len(data.pooled),), generator=g)
         rows = torch.arange(len(data.pooled))
         pooled = data.pooled[rows, view]
@@ -206,14 +268,22 @@ def epoch_split(
     logits = batched_logits(method, pooled, tokens)  # (N, C), eval mode
     device = ctx.get("device") or logits.device
     given = data.labels.to(device)
-    log_probs = logits.to(device).log_softmax(-1)
-    clean, pseudo, info = ot_split(log_probs, given, eps, max_iter)
-    if floor > 0:
-        clean = class_floor(clean, log_probs, given, floor)
+    log_probs = logits.to(device).log_softmax(-1).double()
+    metrics: dict[str, float] = {}
+    if epoch == cfg.ot_warmup and cfg.ot_start != "model":  # the first split: maybe the labels' prototypes score it
+        centre = data.eval_pooled if data.eval_pooled is not None else data.pooled.mean(1)
+        proto = prototype_log_probs(centre.to(device), given, log_probs.shape[1], float(method.scale))
+        ours, theirs = agreement(log_probs, given), agreement(proto, given)
+        use = cfg.ot_start == "prototypes" or theirs > ours
+        metrics.update(ot_start_prototypes=float(use), ot_start_agree_model=ours, ot_start_agree_prototypes=theirs)
+        if use:
+            log_probs = proto
+    clean, pseudo, info = ot_split(log_probs, given, cfg.ot_eps, cfg.ot_iters)
+    if cfg.ot_floor > 0:
+        clean = class_floor(clean, log_probs, given, cfg.ot_floor)
     frac = float(clean.double().mean())
-    metrics = {"ot_clean_frac": frac, "ot_floor_added": frac - info["clean_frac"],
-               "ot_iters": float(info["iterations"]), "ot_converged": float(info["converged"]),
-               "ot_err": info["err_rows"]}
+    metrics.update(ot_clean_frac=frac, ot_floor_added=frac - info["clean_frac"], ot_iters=float(info["iterations"]),
+                   ot_converged=float(info["converged"]), ot_err=info["err_rows"])
     if data.true_labels is not None:
         true = data.true_labels.to(device)
         q = split_quality(clean, true == given)

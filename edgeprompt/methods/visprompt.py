@@ -63,6 +63,9 @@ class VisPromptConfig:
     # > 0: the split's class floor (methods/ot.py class_floor); off: at 1 it stalled clean runs (docs/visprompt.md)
     ot_floor: float = 0.0
     ot_views: str = "centre"  # the split scores centre views (ours) | augmented (one random cached view, released)
+    # what scores the first split: auto (ours: the labels' leave-one-out prototypes where they agree with the labels
+    # more than the model does) | model (released code) | prototypes (methods/ot.py; docs/visprompt.md)
+    ot_start: str = "auto"
     noisy_target: str = "given"  # GCE on OT-noisy samples towards their given label (released) | ot (pseudo-label)
 
     def validate(self) -> None:
@@ -78,7 +81,7 @@ class VisPromptConfig:
             raise ConfigError(f"gce_q must be in (0, 1], got {self.gce_q}")
         if self.noisy_target not in NOISY_TARGETS:
             raise ConfigError(f"noisy_target must be one of {', '.join(NOISY_TARGETS)}, got {self.noisy_target!r}")
-        check_ot_options(self.ot_views, self.ot_eps, self.ot_iters, self.ot_warmup, self.ot_floor)
+        check_ot_options(self)
 
 
 class CrossModalBlock(nn.Module):
@@ -249,9 +252,6 @@ class VisPrompt(PromptMethod):
 
     def epoch_start(self, ctx: dict[str, Any]) -> dict[str, float]:
         """Global OT split of the training set under the current model (centre views); returns its metrics."""
-        if not self.cfg.ot or ctx.get("epoch", 0) < self.cfg.ot_warmup:
-            self._clean = None
-            return {}
-        self._clean, self._pseudo, metrics = epoch_split(self, ctx, self.cfg.ot_views, self.cfg.ot_eps,
-                                                         self.cfg.ot_iters, self.cfg.ot_floor)
+        split = epoch_split(self, ctx, self.cfg) if self.cfg.ot else None
+        self._clean, self._pseudo, metrics = split if split is not None else (None, None, {})
         return metrics

@@ -1,0 +1,114 @@
+"""What scores the first OT split (``ot_start``): the prompt, or the given labels' leave-one-out class prototypes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from edgeprompt.errors import ConfigError
+from edgeprompt.methods import create_method
+from edgeprompt.methods.ot import check_ot_options, epoch_split, ot_split, prototype_log_probs
+from edgeprompt.train.trainer import TrainSet
+
+
+@dataclasses.dataclass(frozen=True)
+class Opts:
+    ot_eps: float = 0.01
+    ot_iters: int = 1000
+    ot_warmup: int = 0
+    ot_floor: float = 0.0
+    ot_views: str = "centre"
+    ot_start: str = "auto"
+
+
+class Prior(nn.Module):
+    """A fixed cosine classifier over class directions: the zero-shot prompt at its start."""
+
+    def __init__(self, directions: torch.Tensor, scale: float = 50.0) -> None:
+        super().__init__()
+        self.register_buffer("w", nn.functional.normalize(directions, dim=-1))
+        self.scale = scale
+
+    def forward(self, batch) -> torch.Tensor:  # noqa: ANN001
+        return self.scale * nn.functional.normalize(batch.pooled, dim=-1) @ self.w.T
+
+
+def world(k: int = 6, shots: int = 20, noise: float = 0.25, seed: int = 0):
+    """Clustered features (N, 32) around k class centres, symmetric noise; returns centres, TrainSet, true, given."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, 32, generator=g)
+    y = torch.arange(k).repeat_interleave(shots)
+    x = centres[y] + 0.6 * torch.randn(len(y), 32, generator=g)
+    given = y.clone()
+    flip = torch.randperm(len(y), generator=g)[: int(noise * len(y))]
+    given[flip] = (y[flip] + torch.randint(1, k, (len(flip),), generator=g)) % k
+    return centres, TrainSet(x[:, None], given, None, y, x, None), y, given
+
+
+def test_prototypes_are_leave_one_out_class_means() -> None:
+    """The (K, E)-sum formula equals building every sample's class means without it; a lone sample's class scores 0."""
+    g = torch.Generator().manual_seed(1)
+    x, given = torch.randn(12, 5, generator=g), torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 1])
+    got = prototype_log_probs(x, given, 5, scale=10.0)
+    unit = nn.functional.normalize(x.double(), dim=-1)
+    want = torch.zeros(12, 5, dtype=torch.float64)
+    for i in range(12):
+        for c in range(5):
+            keep = (given == c) & (torch.arange(12) != i)
+            if keep.any():
+                want[i, c] = 10.0 * nn.functional.cosine_similarity(unit[i], unit[keep].sum(0), dim=0)
+    assert torch.allclose(got, want.log_softmax(-1), atol=1e-9)
+    assert got[10].exp()[3] == pytest.approx(got[10].exp()[4])  # class 3's only sample: 0, as the empty class 4
+
+
+def test_a_swapped_prior_is_outvoted_by_the_labels_in_the_first_split_only() -> None:
+    """The zero-shot prompt reads classes 0 and 1 the wrong way round. The paper's first split (``model``) then calls
+    none of their samples clean; ``auto`` sees that the labels' prototypes agree with the labels more than the prompt
+    does, scores the first split with them and recovers those classes; later splits are the prompt's again."""
+    centres, data, y, given = world()
+    swapped = centres.clone()
+    swapped[[0, 1]] = centres[[1, 0]]
+    prior = Prior(swapped)
+    ctx = {"data": data, "device": torch.device("cpu"), "epoch": 0}
+    truly = y == given
+    paper = epoch_split(prior, ctx, Opts(ot_start="model"))
+    assert paper is not None and "ot_start_prototypes" not in paper[2]
+    hidden = truly & (given < 2)
+    assert int(paper[0][hidden].sum()) == 0  # the swap hides the correctly labelled samples of 0 and 1
+    auto = epoch_split(prior, ctx, Opts())
+    assert auto is not None
+    clean, _, metrics = auto
+    assert metrics["ot_start_prototypes"] == 1.0
+    assert metrics["ot_start_agree_prototypes"] > metrics["ot_start_agree_model"]
+    assert float(clean[hidden].double().mean()) >= 0.8  # most truly clean samples of 0 and 1 are clean now
+    assert float(truly[clean].double().mean()) >= 0.9  # and the split stays precise
+    later = epoch_split(prior, {**ctx, "epoch": 1}, Opts(ot_start="prototypes"))  # only the first split
+    assert later is not None and torch.equal(later[0], paper[0])
+    warm = Opts(ot_start="prototypes", ot_warmup=2)  # the first split comes after the warm-up
+    assert epoch_split(prior, {**ctx, "epoch": 1}, warm) is None
+    assert epoch_split(prior, {**ctx, "epoch": 2}, warm)[2]["ot_start_prototypes"] == 1.0  # type: ignore[index]
+
+
+def test_a_prompt_better_than_the_labels_keeps_the_first_split() -> None:
+    """At 75 % noise a correct prompt agrees with the labels more than their prototypes do: ``auto`` keeps its split,
+    the very OT solve of its log-probabilities."""
+    centres, data, _, given = world(noise=0.75, seed=2)
+    prior = Prior(centres)
+    clean, _, metrics = epoch_split(prior, {"data": data, "epoch": 0}, Opts())  # type: ignore[misc]
+    assert metrics["ot_start_prototypes"] == 0.0
+    raw, _, _ = ot_split(prior(type("B", (), {"pooled": data.eval_pooled})()).log_softmax(-1).double(), given)
+    assert torch.equal(clean, raw)
+
+
+def test_ot_start_is_checked(tiny_backbone) -> None:  # noqa: ANN001
+    from edgeprompt.methods.base import build_config
+
+    with pytest.raises(ConfigError, match="ot_start must be one of auto, model, prototypes"):
+        check_ot_options(Opts(ot_start="labels"))
+    for method in ("nlprompt", "visprompt"):
+        assert build_config(method, {}).ot_start == "auto"
+        with pytest.raises(ConfigError, match="ot_start"):
+            create_method(method, tiny_backbone, ["a", "b"], ot_start="first")
