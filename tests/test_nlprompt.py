@@ -25,7 +25,7 @@ def _data(backbone, n: int = 9) -> tuple[TrainSet, torch.Tensor, torch.Tensor]: 
 
 
 def test_epoch_split_is_the_global_ot_of_the_current_prompt(tiny_backbone) -> None:  # noqa: ANN001
-    m = create_method("nlprompt", tiny_backbone, CLASSES, ot_start="model")  # the paper's first split
+    m = create_method("nlprompt", tiny_backbone, CLASSES, ot_scorer="model")  # the paper's first split
     data, true, given = _data(tiny_backbone)
     metrics = m.epoch_start({"data": data, "device": torch.device("cpu"), "epoch": 0})
     m.eval()
@@ -37,7 +37,7 @@ def test_epoch_split_is_the_global_ot_of_the_current_prompt(tiny_backbone) -> No
     kept = int(m._clean.sum())
     assert metrics["ot_clean_frac"] == pytest.approx(kept / len(given))
     assert metrics["ot_precision"] == pytest.approx(int((m._clean & truly).sum()) / kept if kept else 0.0)
-    floored = create_method("nlprompt", tiny_backbone, CLASSES, ot_floor=0.5, ot_start="model")  # floored
+    floored = create_method("nlprompt", tiny_backbone, CLASSES, ot_floor=0.5, ot_scorer="model")  # floored
     floored.load_state_dict(m.state_dict())
     fm = floored.epoch_start({"data": data, "device": torch.device("cpu"), "epoch": 0})
     assert torch.equal(floored._clean, class_floor(raw, logits.log_softmax(-1), given, 0.5))

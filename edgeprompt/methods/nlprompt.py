@@ -21,12 +21,11 @@ Where the paper and the released code (qunovo/NLPrompt @ b36bc8e) leave a choice
   at least that share of its fair part of the clean set, topped up with its likeliest samples under the given label
   (:func:`~edgeprompt.methods.ot.class_floor`). It freed the run that stays at the prior with the paper's split and
   stalled as many others (docs/defaults.md), so the default is the paper's split.
-- **What scores the first split** (ours, ``ot_start="auto"``): the paper's first split is scored by the prompt at its
-  start, the zero-shot prior. Where the prior reads classes the wrong way round their samples are never called clean
-  and the run stays at the prior; ``auto`` scores the first split with the given labels' leave-one-out class
-  prototypes instead when those agree with the labels more often than the prompt does
-  (:func:`~edgeprompt.methods.ot.prototype_log_probs`); every later split is the prompt's. ``ot_start="model"`` is the
-  paper's.
+- **What scores the split** (ours, ``ot_scorer="auto"``): the paper's splits are scored by the prompt, which starts as
+  the zero-shot prior. Where the prior reads classes the wrong way round their samples are never called clean and the
+  run stays at the prior; ``auto`` scores each split with the given labels' leave-one-out class prototypes instead
+  whenever those agree with the labels more often than the prompt does
+  (:func:`~edgeprompt.methods.ot.prototype_log_probs`). ``ot_scorer="model"`` is the paper's.
 - **Context init and epochs** follow the project's protocol (``--protocol paper``: 16 random tokens, 200 epochs).
 """
 
@@ -56,9 +55,9 @@ class NLPromptConfig(CoOpConfig):
     # class_floor). Off by default: at 0.5 it freed the run stuck at the prior and stalled others (docs/defaults.md)
     ot_floor: float = 0.0
     ot_views: str = "centre"  # centre (ours) | augmented (one random cached view, as the released code)
-    # what scores the first split: auto (ours: the labels' leave-one-out prototypes where they agree with the labels
+    # what scores each split: auto (ours: the given labels' leave-one-out prototypes where they agree with the labels
     # more than the prompt does) | model (the paper) | prototypes (methods/ot.py; docs/defaults.md)
-    ot_start: str = "auto"
+    ot_scorer: str = "auto"
 
     def validate(self) -> None:
         if self.loss != "ce":

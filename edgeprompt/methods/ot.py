@@ -17,15 +17,17 @@ prior (DKAF's "endogenous confirmation bias", research/robust-tuning.md T4). :fu
 up so every given class keeps at least a share of the overall clean fraction of its samples, taking those the model
 finds likeliest under their given label (CLIPCleaner keeps a per-class minimum for the same reason).
 
-The first split's scorer (ours, ``ot_start``; default ``auto``): the papers score every split, the first included, with
-the prompt being tuned, which at its start is the zero-shot prior (or, for VisPrompt, the prior through a randomly
-initialised block). Where that prior reads classes the wrong way round, the first split can never call their samples
-clean, and the run stays there. The labels themselves know better as soon as most of each class is labelled right:
-leave-one-out class prototypes of the given labels (:func:`prototype_log_probs`) score the first split instead when
-they agree with the given labels more often than the prompt does. Both are out of sample (the prompt has seen no
-label; a sample's own feature is left out of its class mean), and under symmetric noise the expected agreement
-rises with a scorer's true accuracy, so the more accurate one wins (the audit chooses its prior weight by the same
-rule, audit/run.py). On world v3.1 the prototypes win at 25-50 % noise and asymmetric noise, the prior at 75 %.
+What scores a split (ours, ``ot_scorer``; default ``auto``): the papers score every split with the prompt being tuned,
+which at its start is the zero-shot prior (for VisPrompt, the prior through a randomly initialised block). Where that
+prior reads classes the wrong way round, no split calls their samples clean, and the run stays there. The labels
+know better as soon as most of each class is labelled right: the given labels' leave-one-out class prototypes
+(:func:`prototype_log_probs`) score a split instead whenever they agree with the given labels more often than the
+prompt does. Both are out of sample (the prompt is not tuned on the label it is compared with at the start, and a
+sample's own feature is left out of its class mean), and under symmetric noise the expected agreement rises with a
+scorer's true accuracy, so the more accurate one scores (the audit chooses its prior weight by the same rule,
+audit/run.py). The choice is made again before every epoch: a prompt needs many epochs of right labels to undo a
+swap, and handing the split back after the first one returns it to the prior's verdicts. On world v3.1 the
+prototypes score at 25-50 % and asymmetric noise, the prompt at 75 % (docs/defaults.md).
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ def ot_split(
 
 
 OT_VIEWS = ("centre", "augmented")
-OT_STARTS = ("auto", "model", "prototypes")
+OT_SCORERS = ("auto", "model", "prototypes")
 
 
 class OTOptions(Protocol):
@@ -148,7 +150,7 @@ class OTOptions(Protocol):
     @property
     def ot_views(self) -> str: ...  # OT_VIEWS
     @property
-    def ot_start(self) -> str: ...  # OT_STARTS: what scores the first split
+    def ot_scorer(self) -> str: ...  # OT_SCORERS: what scores each split
 
 
 def check_ot_options(cfg: OTOptions) -> None:
@@ -157,8 +159,8 @@ def check_ot_options(cfg: OTOptions) -> None:
 
     if cfg.ot_views not in OT_VIEWS:
         raise ConfigError(f"ot_views must be one of {', '.join(OT_VIEWS)}, got {cfg.ot_views!r}")
-    if cfg.ot_start not in OT_STARTS:
-        raise ConfigError(f"ot_start must be one of {', '.join(OT_STARTS)}, got {cfg.ot_start!r}")
+    if cfg.ot_scorer not in OT_SCORERS:
+        raise ConfigError(f"ot_scorer must be one of {', '.join(OT_SCORERS)}, got {cfg.ot_scorer!r}")
     if cfg.ot_eps <= 0 or cfg.ot_iters < 1 or cfg.ot_warmup < 0:
         raise ConfigError("need ot_eps > 0, ot_iters >= 1 and ot_warmup >= 0")
     if not 0.0 <= cfg.ot_floor <= 1.0:
@@ -243,7 +245,7 @@ def epoch_split(method: Any, ctx: dict[str, Any],
         ctx: the trainer's epoch context (``data``: the TrainSet, ``device``, ``epoch``).
         cfg: the method's config (:class:`OTOptions`): ``ot_views`` ``centre`` scores the centre views (ours),
             ``augmented`` one random cached view per sample, as the released code scores its augmented training
-            loader; ``ot_start`` what scores the first split (module docstring); Sinkhorn's ``ot_eps`` and
+            loader; ``ot_scorer`` what scores the split (module docstring); Sinkhorn's ``ot_eps`` and
             ``ot_iters``; :func:`class_floor`'s ``ot_floor`` (0: the papers' split).
 
     Returns:
@@ -270,12 +272,12 @@ def epoch_split(method: Any, ctx: dict[str, Any],
     given = data.labels.to(device)
     log_probs = logits.to(device).log_softmax(-1).double()
     metrics: dict[str, float] = {}
-    if epoch == cfg.ot_warmup and cfg.ot_start != "model":  # the first split: maybe the labels' prototypes score it
+    if cfg.ot_scorer != "model":  # the given labels' prototypes score the split where they agree with them more
         centre = data.eval_pooled if data.eval_pooled is not None else data.pooled.mean(1)
         proto = prototype_log_probs(centre.to(device), given, log_probs.shape[1], float(method.scale))
         ours, theirs = agreement(log_probs, given), agreement(proto, given)
-        use = cfg.ot_start == "prototypes" or theirs > ours
-        metrics.update(ot_start_prototypes=float(use), ot_start_agree_model=ours, ot_start_agree_prototypes=theirs)
+        use = cfg.ot_scorer == "prototypes" or theirs > ours
+        metrics.update(ot_scorer_prototypes=float(use), ot_agree_model=ours, ot_agree_prototypes=theirs)
         if use:
             log_probs = proto
     clean, pseudo, info = ot_split(log_probs, given, cfg.ot_eps, cfg.ot_iters)

@@ -63,9 +63,9 @@ class VisPromptConfig:
     # > 0: the split's class floor (methods/ot.py class_floor); off: at 1 it stalled clean runs (docs/visprompt.md)
     ot_floor: float = 0.0
     ot_views: str = "centre"  # the split scores centre views (ours) | augmented (one random cached view, released)
-    # what scores the first split: auto (ours: the labels' leave-one-out prototypes where they agree with the labels
+    # what scores each split: auto (ours: the given labels' leave-one-out prototypes where they agree with the labels
     # more than the model does) | model (released code) | prototypes (methods/ot.py; docs/visprompt.md)
-    ot_start: str = "auto"
+    ot_scorer: str = "auto"
     noisy_target: str = "given"  # GCE on OT-noisy samples towards their given label (released) | ot (pseudo-label)
 
     def validate(self) -> None:
