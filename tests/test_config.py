@@ -62,6 +62,8 @@ def test_protocols_resolve_epochs_context_and_crop() -> None:
     r = resolve_tune(mine, 64, names)
     assert r.options == {"ctx_init": "a photo of"} and r.train_cfg.epochs == 5 and r.crop_scale == 0.2
     assert resolve_tune(dataclasses.replace(base, protocol="paper"), 64, ["template"]).options == {}
+    ot = resolve_tune(dataclasses.replace(base, method="nlprompt", protocol="paper"), 64, names + ["ot_scorer"])
+    assert ot.options == {"ctx_init": "", "ot_scorer": "model"}  # the papers score every OT split with the prompt
     with pytest.raises(ConfigError, match="Did you mean 'paper'"):
         resolve_tune(dataclasses.replace(base, protocol="papr"), 64, names)
 
