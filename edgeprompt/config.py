@@ -522,8 +522,9 @@ class Protocol:
 PROTOCOLS: dict[str, Protocol] = {
     "default": Protocol("default", 50, (), "context starts as the zero-shot template (free tokens, then "
                         "'a photo of a'), so step 0 is zero-shot CLIP; 50 epochs"),
-    "paper": Protocol("paper", 200, (("ctx_init", ""), ("ot_scorer", "model")), "the papers' protocol: 16 random "
-                      "context tokens, CoOp's 200-epoch schedule, the OT splits scored by the prompt"),
+    "paper": Protocol("paper", 200, (("ctx_init", ""), ("ot_scorer", "model"), ("noisy_target", "given")),
+                      "the papers' protocol: 16 random context tokens, CoOp's 200-epoch schedule, the OT splits "
+                      "scored by the prompt"),
 }
 # The method the README and the demo recommend for noisy labels, on the evidence in docs/defaults.md.
 RECOMMENDED_NOISY_METHOD = "nlprompt"
