@@ -241,7 +241,7 @@ def test_ot_split_drives_the_loss(tiny_backbone) -> None:  # noqa: ANN001
     from edgeprompt.train.trainer import TrainSet
 
     torch.manual_seed(0)
-    m = create_method("visprompt", tiny_backbone, CLASSES[:3], dropout=0.0, ot_scorer="model")
+    m = create_method("visprompt", tiny_backbone, CLASSES[:3], dropout=0.0, noisy_target="auto")
     batch = feats(tiny_backbone, b=6)
     true = torch.tensor([0, 1, 2, 0, 1, 2])
     given = torch.tensor([0, 1, 2, 1, 2, 0])
@@ -263,8 +263,8 @@ def test_ot_split_drives_the_loss(tiny_backbone) -> None:  # noqa: ANN001
     expected = torch.where(clean, -p_y.log(), 2 * (1 - (p_y + 1e-6).sqrt())).mean()
     assert not m._pseudo_from_labels  # the model scored the split: GCE towards the given labels
     assert torch.allclose(m.loss(logits, given, batch)["loss"], expected, atol=1e-6)
-    # where the labels' prototypes scored the split, noisy_target='auto' (default) trains the rest towards its
-    # pseudo-labels; 'given' keeps the given ones
+    # where the labels' prototypes scored the split, noisy_target='auto' trains the rest towards its pseudo-labels;
+    # 'given' (default) keeps the given ones
     clean = torch.tensor([True, True, True, False, False, False])
     m._clean, m._pseudo, m._pseudo_from_labels = clean, true, True
     expected = torch.where(clean, -p_y.log(), 2 * (1 - (p_y + 1e-6).sqrt())).mean()
@@ -272,7 +272,7 @@ def test_ot_split_drives_the_loss(tiny_backbone) -> None:  # noqa: ANN001
     to_pseudo = torch.where(clean, -p_y.log(), 2 * (1 - (p_t + 1e-6).sqrt())).mean()
     assert torch.allclose(m.loss(logits, given, batch)["loss"], to_pseudo, atol=1e-6)
     assert not torch.allclose(to_pseudo, expected)
-    fixed = create_method("visprompt", tiny_backbone, CLASSES[:3], dropout=0.0, noisy_target="given")
+    fixed = create_method("visprompt", tiny_backbone, CLASSES[:3], dropout=0.0)
     fixed.load_state_dict(m.state_dict())
     fixed._clean, fixed._pseudo, fixed._pseudo_from_labels = clean, m._pseudo, True
     assert torch.allclose(fixed.loss(logits, given, batch)["loss"], expected, atol=1e-6)
