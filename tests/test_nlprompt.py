@@ -25,7 +25,7 @@ def _data(backbone, n: int = 9) -> tuple[TrainSet, torch.Tensor, torch.Tensor]: 
 
 
 def test_epoch_split_is_the_global_ot_of_the_current_prompt(tiny_backbone) -> None:  # noqa: ANN001
-    m = create_method("nlprompt", tiny_backbone, CLASSES, ot_scorer="model")  # the paper's first split
+    m = create_method("nlprompt", tiny_backbone, CLASSES, ot_scorer="model")  # the paper's split
     data, true, given = _data(tiny_backbone)
     metrics = m.epoch_start({"data": data, "device": torch.device("cpu"), "epoch": 0})
     m.eval()
