@@ -79,6 +79,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     from edgeprompt.backbone import create_backbone
     from edgeprompt.fileio import sha256_file
     from edgeprompt.methods import create_method
+    from edgeprompt.methods.base import stored_options
 
     run_dir = Path(run_dir)
     manifest = Manifest.read(run_dir)
@@ -92,7 +93,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
             f"was tuned on (hash {backbone.ref.weights_sha256[:12]} != {manifest.backbone.weights_sha256[:12]})"
         )
     method = create_method(manifest.method, backbone, list(manifest.classnames),
-                           **manifest.extra.get("method_config", {}))
+                           **stored_options(manifest.method, manifest.extra.get("method_config", {})))
     state_path = run_dir / STATE_FILE
     if STATE_FILE in manifest.files:
         if not state_path.is_file():

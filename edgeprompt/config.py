@@ -522,9 +522,10 @@ class Protocol:
 PROTOCOLS: dict[str, Protocol] = {
     "default": Protocol("default", 50, (), "context starts as the zero-shot template (free tokens, then "
                         "'a photo of a'), so step 0 is zero-shot CLIP; 50 epochs"),
-    "paper": Protocol("paper", 200, (("ctx_init", ""), ("ot_scorer", "model"), ("noisy_target", "given")),
+    "paper": Protocol("paper", 200, (("ctx_init", ""), ("ot_scorer", "model"), ("noisy_target", "given"),
+                                     ("shift_scale", "none"), ("visprompt.gce_q", 0.5)),
                       "the papers' protocol: 16 random context tokens, CoOp's 200-epoch schedule, the OT splits "
-                      "scored by the prompt"),
+                      "scored by the prompt, VisPrompt's released block scale and GCE"),
 }
 # The method the README and the demo recommend for noisy labels, on the evidence in docs/defaults.md.
 RECOMMENDED_NOISY_METHOD = "nlprompt"
@@ -560,7 +561,10 @@ def resolve_tune(cfg: TuneConfig, image_side: int | None, option_names: Sequence
     check_protocol(cfg.protocol)
     proto = PROTOCOLS[cfg.protocol]
     given = cfg.options
-    opts = {**{k: v for k, v in proto.method_options if k in option_names and k not in given}, **given}
+    # a protocol option applies where the method has it; "METHOD.KEY" only to that method
+    scoped = [(k.partition(".")[2] if "." in k else k, v) for k, v in proto.method_options
+              if "." not in k or k.partition(".")[0] == cfg.method]
+    opts = {**{k: v for k, v in scoped if k in option_names and k not in given}, **given}
     train_cfg = cfg.train_cfg
     if train_cfg.epochs is None:
         train_cfg = dataclasses.replace(train_cfg, epochs=proto.epochs)

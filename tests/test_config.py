@@ -64,6 +64,13 @@ def test_protocols_resolve_epochs_context_and_crop() -> None:
     assert resolve_tune(dataclasses.replace(base, protocol="paper"), 64, ["template"]).options == {}
     ot = resolve_tune(dataclasses.replace(base, method="nlprompt", protocol="paper"), 64, names + ["ot_scorer"])
     assert ot.options == {"ctx_init": "", "ot_scorer": "model"}  # the papers score every OT split with the prompt
+    vis = resolve_tune(dataclasses.replace(base, method="visprompt", protocol="paper"), 64,
+                       names + ["ot_scorer", "noisy_target", "shift_scale", "gce_q"])
+    # VisPrompt's released block (FiLM shift and FFN residual at unit scale) and GCE(0.5) towards the given labels
+    assert vis.options == {"ctx_init": "", "ot_scorer": "model", "noisy_target": "given", "shift_scale": "none",
+                           "gce_q": 0.5}
+    gce = resolve_tune(dataclasses.replace(base, protocol="paper"), 64, names + ["gce_q"])
+    assert "gce_q" not in gce.options  # "visprompt.gce_q" is VisPrompt's alone: CoOp-GCE keeps its own q
     with pytest.raises(ConfigError, match="Did you mean 'paper'"):
         resolve_tune(dataclasses.replace(base, protocol="papr"), 64, names)
 

@@ -75,20 +75,20 @@ def test_a_swapped_prior_is_outvoted_by_the_labels() -> None:
     ctx = {"data": data, "device": torch.device("cpu"), "epoch": 0}
     truly = y == given
     paper = epoch_split(prior, ctx, Opts(ot_scorer="model"))
-    assert paper is not None and "ot_scorer_prototypes" not in paper[2]
+    assert paper is not None and not paper.by_prototypes and "ot_scorer_prototypes" not in paper.metrics
     hidden = truly & (given < 2)
-    assert int(paper[0][hidden].sum()) == 0  # the swap hides the correctly labelled samples of 0 and 1
+    assert int(paper.clean[hidden].sum()) == 0  # the swap hides the correctly labelled samples of 0 and 1
     for epoch in (0, 7):
         auto = epoch_split(prior, {**ctx, "epoch": epoch}, Opts())
         assert auto is not None
-        clean, _, metrics = auto
-        assert metrics["ot_scorer_prototypes"] == 1.0
+        clean, metrics = auto.clean, auto.metrics
+        assert auto.by_prototypes and metrics["ot_scorer_prototypes"] == 1.0
         assert metrics["ot_agree_prototypes"] > metrics["ot_agree_model"]
         assert float(clean[hidden].double().mean()) >= 0.8  # most truly clean samples of 0 and 1 are clean now
         assert float(truly[clean].double().mean()) >= 0.9  # and the split stays precise
     warm = Opts(ot_scorer="prototypes", ot_warmup=2)  # no split before the warm-up ends
     assert epoch_split(prior, {**ctx, "epoch": 1}, warm) is None
-    assert epoch_split(prior, {**ctx, "epoch": 2}, warm)[2]["ot_scorer_prototypes"] == 1.0  # type: ignore[index]
+    assert epoch_split(prior, {**ctx, "epoch": 2}, warm).by_prototypes  # type: ignore[union-attr]
 
 
 def test_a_prompt_better_than_the_labels_keeps_the_first_split() -> None:
@@ -96,7 +96,9 @@ def test_a_prompt_better_than_the_labels_keeps_the_first_split() -> None:
     prompt's split, the very OT solve of its log-probabilities."""
     centres, data, _, given = world(noise=0.75, seed=2)
     prior = Prior(centres)
-    clean, _, metrics = epoch_split(prior, {"data": data, "epoch": 0}, Opts())  # type: ignore[misc]
+    split = epoch_split(prior, {"data": data, "epoch": 0}, Opts())
+    assert split is not None
+    clean, metrics = split.clean, split.metrics
     assert metrics["ot_scorer_prototypes"] == 0.0
     raw, _, _ = ot_split(prior(type("B", (), {"pooled": data.eval_pooled})()).log_softmax(-1).double(), given)
     assert torch.equal(clean, raw)

@@ -11,7 +11,7 @@ import torch
 
 from edgeprompt.backbone import cosine_logits
 from edgeprompt.methods import FeatureBatch, create_method
-from edgeprompt.methods.ot import class_floor, ot_split, sinkhorn_log, split_quality
+from edgeprompt.methods.ot import EpochSplit, class_floor, ot_split, sinkhorn_log, split_quality
 from edgeprompt.methods.visprompt import VisPromptConfig, resolve_heads
 
 CLASSES = ["red", "green apple", "blue", "a very long class name with many words"]
@@ -247,7 +247,8 @@ def test_ot_split_drives_the_loss(tiny_backbone) -> None:  # noqa: ANN001
     given = torch.tensor([0, 1, 2, 1, 2, 0])
     data = TrainSet(batch.pooled[:, None], given, batch.tokens[:, None], true, batch.pooled, batch.tokens)
     out = m.epoch_start({"data": data, "device": torch.device("cpu"), "epoch": 0})
-    clean = m._clean
+    assert m._split is not None
+    clean = m._split.clean
     assert clean is not None and clean.shape == (6,) and clean.dtype == torch.bool
     # the logged numbers are the split's, recomputed here from the masks
     truly_clean = true == given
@@ -261,12 +262,12 @@ def test_ot_split_drives_the_loss(tiny_backbone) -> None:  # noqa: ANN001
     logits = m(batch)
     p_y = logits.softmax(-1).gather(1, given[:, None]).squeeze(1)
     expected = torch.where(clean, -p_y.log(), 2 * (1 - (p_y + 1e-6).sqrt())).mean()
-    assert not m._pseudo_from_labels  # the model scored the split: GCE towards the given labels
+    assert not m._split.by_prototypes  # the model scored the split: GCE towards the given labels
     assert torch.allclose(m.loss(logits, given, batch)["loss"], expected, atol=1e-6)
     # where the labels' prototypes scored the split, noisy_target='auto' trains the rest towards its pseudo-labels;
     # 'given' (default) keeps the given ones
     clean = torch.tensor([True, True, True, False, False, False])
-    m._clean, m._pseudo, m._pseudo_from_labels = clean, true, True
+    m._split = EpochSplit(clean, true, by_prototypes=True)
     expected = torch.where(clean, -p_y.log(), 2 * (1 - (p_y + 1e-6).sqrt())).mean()
     p_t = logits.softmax(-1).gather(1, true[:, None]).squeeze(1)
     to_pseudo = torch.where(clean, -p_y.log(), 2 * (1 - (p_t + 1e-6).sqrt())).mean()
@@ -274,13 +275,13 @@ def test_ot_split_drives_the_loss(tiny_backbone) -> None:  # noqa: ANN001
     assert not torch.allclose(to_pseudo, expected)
     fixed = create_method("visprompt", tiny_backbone, CLASSES[:3], dropout=0.0)
     fixed.load_state_dict(m.state_dict())
-    fixed._clean, fixed._pseudo, fixed._pseudo_from_labels = clean, m._pseudo, True
+    fixed._split = m._split
     assert torch.allclose(fixed.loss(logits, given, batch)["loss"], expected, atol=1e-6)
     m3 = create_method("visprompt", tiny_backbone, CLASSES[:3], dropout=0.0, ot_scorer="prototypes")
     m3.epoch_start({"data": data, "device": torch.device("cpu"), "epoch": 0})
-    assert m3._pseudo_from_labels  # the flag follows the split's scorer
+    assert m3._split is not None and m3._split.by_prototypes  # the flag follows the split's scorer
     m2 = create_method("visprompt", tiny_backbone, CLASSES[:3], ot_warmup=1)
-    assert m2.epoch_start({"data": data, "epoch": 0}) == {} and m2._clean is None
+    assert m2.epoch_start({"data": data, "epoch": 0}) == {} and m2._split is None
 
 
 @pytest.mark.filterwarnings("ignore")  # exporter chatter (TracerWarnings, axis renames)
@@ -399,3 +400,31 @@ def test_training_does_not_depend_on_the_feature_cache(tiny_model: str, image_fo
     cold = losses(tmp_path / "cold")  # every feature is encoded in this call
     warm = losses(tmp_path / "warm")  # every feature is read back
     assert len(cold) == 3 and cold == warm
+
+
+def test_shift_scale_keeps_the_random_start_at_the_context_scale(tiny_backbone) -> None:  # noqa: ANN001
+    """The FiLM shift and the FFN residual come in word-embedding units by default; at unit scale (the released
+    code's) a randomly initialised block moves the context by tens of word embeddings, which stalled runs."""
+    batch = feats(tiny_backbone)
+    moved = {}
+    for scale in ("embedding", "none"):
+        torch.manual_seed(0)  # the same block weights for both
+        m = create_method("visprompt", tiny_backbone, CLASSES, shift_scale=scale, dropout=0.0).eval()
+        with torch.no_grad():
+            delta = m.context(batch) - m.prompt.ctx  # (B, M, D)
+        moved[scale] = float(delta.pow(2).mean().sqrt())
+        rms = float(m.prompt.token_suffix.float().pow(2).mean().sqrt())
+        assert m.block.unit == (pytest.approx(rms) if scale == "embedding" else 1.0)
+    unit = create_method("visprompt", tiny_backbone, CLASSES).block.unit
+    assert unit < 0.5 and moved["embedding"] <= 3 * unit  # about one word embedding
+    assert moved["none"] >= 0.5 / unit * moved["embedding"]  # the released scale moves it ~1/unit times further
+
+
+def test_a_run_from_before_an_option_loads_as_it_was_tuned() -> None:
+    from edgeprompt.methods.base import stored_options
+
+    assert VisPromptConfig().shift_scale == "embedding"
+    old = stored_options("visprompt", {"n_ctx": 4})  # written before shift_scale existed: unit scale, as then
+    assert old == {"shift_scale": "none", "n_ctx": 4}
+    assert stored_options("visprompt", {"shift_scale": "embedding"}) == {"shift_scale": "embedding"}
+    assert stored_options("coop", {"n_ctx": 4}) == {"n_ctx": 4}

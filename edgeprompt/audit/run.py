@@ -30,7 +30,7 @@ from edgeprompt.errors import ConfigError, MissingDependencyError
 from edgeprompt.features.cache import AugmentSpec, FeatureCache, check_cache_dir, image_checks
 from edgeprompt.fileio import check_not_inside, check_writable_parent, guard_output, output_lock
 from edgeprompt.methods import create_method
-from edgeprompt.methods.base import batched_logits, build_config, method_config_class
+from edgeprompt.methods.base import batched_logits, build_config, method_config_class, stored_options
 from edgeprompt.methods.zeroshot import zero_shot_logits
 from edgeprompt.progress import NullReporter, Reporter
 from edgeprompt.train.trainer import TrainSet, fit
@@ -223,7 +223,8 @@ def recipe_from_run(cfg: AuditConfig, run_dir: str | Path) -> AuditConfig:
 
         raise ArtifactError(f"--run {run_dir} is a {manifest.kind}, not a run directory from `edgeprompt tune`")
     return dataclasses.replace(cfg, model=manifest.backbone.model, pretrained=manifest.backbone.pretrained or "none",
-                               method=manifest.method, method_options=manifest.extra.get("method_config", {}),
+                               method=manifest.method,
+                               method_options=stored_options(manifest.method, manifest.extra.get("method_config", {})),
                                protocol=manifest.extra.get("protocol", cfg.protocol))
 
 

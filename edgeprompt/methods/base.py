@@ -170,6 +170,13 @@ def check_option_type(method: str, key: str, value: Any, hint: Any) -> None:
                           f"(--opt {key}=VALUE)")
 
 
+def stored_options(name: str, stored: dict[str, Any]) -> dict[str, Any]:
+    """A run's stored method config as options for :func:`create_method`. An option the method gained after the run
+    was written takes the value that reproduces the run (the Config's ``ADDED``), not today's default."""
+    added: dict[str, Any] = getattr(method_config_class(name), "ADDED", {})
+    return {**{k: v for k, v in added.items() if k not in stored}, **stored}
+
+
 def create_method(name: str, backbone: FrozenCLIP, classnames: list[str], **options: Any) -> PromptMethod:
     """Build method ``name`` on ``backbone`` for ``classnames`` with config overrides ``options``."""
     cls = METHODS.get(name)

@@ -79,8 +79,8 @@ class NLPrompt(CoOp):
 
     def epoch_start(self, ctx: dict[str, Any]) -> dict[str, float]:
         split = epoch_split(self, ctx, self.cfg)
-        self._clean, _, metrics = split if split is not None else (None, None, {})
-        return metrics
+        self._clean = split.clean if split is not None else None
+        return split.metrics if split is not None else {}
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, batch: FeatureBatch) -> dict[str, torch.Tensor]:
         ce_i = ce(logits, target, reduction="none")  # (B,)

@@ -32,6 +32,7 @@ prototypes score at 25-50 % and asymmetric noise, the prompt at 75 % (docs/defau
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -236,8 +237,17 @@ def class_floor(clean: torch.Tensor, log_probs: torch.Tensor, given: torch.Tenso
     return out
 
 
-def epoch_split(method: Any, ctx: dict[str, Any],
-                cfg: OTOptions) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]] | None:
+@dataclass(frozen=True)
+class EpochSplit:
+    """One epoch's OT split of the training set (:func:`epoch_split`)."""
+
+    clean: torch.Tensor  # (N,) bool: the plan's label equals the given one
+    pseudo: torch.Tensor  # (N,) int64: the plan's labels
+    by_prototypes: bool = False  # the given labels' prototypes scored it (else the prompt)
+    metrics: dict[str, float] = field(default_factory=dict)  # what the trainer logs
+
+
+def epoch_split(method: Any, ctx: dict[str, Any], cfg: OTOptions) -> EpochSplit | None:
     """The per-epoch OT split of the whole training set under ``method``'s current prompt (NLPrompt, VisPrompt).
 
     Args:
@@ -249,8 +259,8 @@ def epoch_split(method: Any, ctx: dict[str, Any],
             ``ot_iters``; :func:`class_floor`'s ``ot_floor`` (0: the papers' split).
 
     Returns:
-        None during the warm-up (epoch < ``ot_warmup``), else ``(clean (N,) bool, pseudo (N,) int64, metrics)``;
-        with known true labels the metrics include the split's precision and recall against the truly clean samples.
+        None during the warm-up (epoch < ``ot_warmup``), else the :class:`EpochSplit`; with known true labels its
+        metrics include the split's precision and recall against the truly clean samples.
     """
     from edgeprompt.methods.base import batched_logits
 
@@ -272,6 +282,7 @@ def epoch_split(method: Any, ctx: dict[str, Any],
     given = data.labels.to(device)
     log_probs = logits.to(device).log_softmax(-1).double()
     metrics: dict[str, float] = {}
+    use = False
     if cfg.ot_scorer != "model":  # the given labels' prototypes score the split where they agree with them more
         centre = data.eval_pooled if data.eval_pooled is not None else data.pooled.mean(1)
         proto = prototype_log_probs(centre.to(device), given, log_probs.shape[1], float(method.scale))
@@ -291,7 +302,7 @@ def epoch_split(method: Any, ctx: dict[str, Any],
         q = split_quality(clean, true == given)
         metrics.update(ot_precision=q["precision"], ot_recall=q["recall"], ot_noisy_precision=q["noisy_precision"],
                        ot_noisy_recall=q["noisy_recall"], ot_pseudo_acc=float((pseudo == true).double().mean()))
-    return clean, pseudo, metrics
+    return EpochSplit(clean, pseudo, use, metrics)
 
 
 def split_quality(clean_mask: torch.Tensor, true_clean_mask: torch.Tensor) -> dict[str, float]:

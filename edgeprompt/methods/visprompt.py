@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,12 +23,13 @@ from edgeprompt.backbone import FrozenCLIP, cosine_logits
 from edgeprompt.errors import ConfigError
 from edgeprompt.losses import ce, gce
 from edgeprompt.methods.base import METHODS, FeatureBatch, PromptMethod
-from edgeprompt.methods.ot import check_ot_options, epoch_split
+from edgeprompt.methods.ot import EpochSplit, check_ot_options, epoch_split
 from edgeprompt.methods.prompt_learner import PromptLearner
 
 KV_SOURCES = ("tokens", "pooled")
 NOISY_TARGETS = ("auto", "given", "ot")
 RESIDUALS = ("blend", "add")
+SHIFT_SCALES = ("embedding", "none")
 
 
 def resolve_heads(width: int, heads: int, min_head_dim: int = 8) -> int:
@@ -56,6 +57,10 @@ class VisPromptConfig:
     # True: FiLM and FFN output layers start at 0, step 0 is exactly CoOp. False (default, as the released code):
     # PyTorch's inits; at 75 % noise it kept the prior where zero-init collapsed on one seed (docs/visprompt.md)
     zero_init: bool = False
+    # the unit of the FiLM shift beta(A) and the FFN residual: embedding (ours; default) = the RMS of the frozen word
+    # embeddings beside the context, so a block at LayerNorm scale moves the prompt by about one word embedding, not
+    # ~50 (the blow-up that stalled 1 run in 3: docs/visprompt.md) | none (released code: unit scale)
+    shift_scale: str = "embedding"
     gce_q: float = 0.5  # GCE's q on the OT-noisy samples
     ot: bool = True  # per-epoch OT split (False: CE on every sample)
     ot_eps: float = 0.01  # Sinkhorn entropic regularisation
@@ -72,6 +77,8 @@ class VisPromptConfig:
     # pseudo-label) | auto: the pseudo-label when the labels' prototypes scored the split (80-96 % right on world
     # v3.1), the given label when the model did (its own pseudo-labels would confirm it); docs/visprompt.md
     noisy_target: str = "given"
+    # options added after runs were first written, with the value that reproduces those runs (base.stored_options)
+    ADDED: ClassVar[dict[str, Any]] = {"shift_scale": "none"}
 
     def validate(self) -> None:
         if self.kv not in KV_SOURCES:
@@ -84,6 +91,8 @@ class VisPromptConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.gce_q <= 1.0:
             raise ConfigError(f"gce_q must be in (0, 1], got {self.gce_q}")
+        if self.shift_scale not in SHIFT_SCALES:
+            raise ConfigError(f"shift_scale must be one of {', '.join(SHIFT_SCALES)}, got {self.shift_scale!r}")
         if self.noisy_target not in NOISY_TARGETS:
             raise ConfigError(f"noisy_target must be one of {', '.join(NOISY_TARGETS)}, got {self.noisy_target!r}")
         check_ot_options(self)
@@ -99,14 +108,16 @@ class CrossModalBlock(nn.Module):
         ffn: add the pre-LN FFN residual.
         dropout: dropout on attention weights and inside the FFN.
         zero_init: zero the FiLM and FFN output layers (identity block at init).
+        unit: the scale of the FiLM shift and the FFN residual, which are added to the context (the word-embedding
+            RMS for ``shift_scale='embedding'``, 1 for the released code's).
     """
 
     def __init__(self, width: int, heads: int, residual: str = "blend", ffn: bool = True, dropout: float = 0.1,
-                 zero_init: bool = True) -> None:
+                 zero_init: bool = True, unit: float = 1.0) -> None:
         super().__init__()
         if width % heads:
             raise ConfigError(f"{heads} heads do not divide the text width {width}")
-        self.heads, self.residual, self.dropout = heads, residual, dropout
+        self.heads, self.residual, self.dropout, self.unit = heads, residual, dropout, unit
         self.ln_ctx, self.ln_img = nn.LayerNorm(width), nn.LayerNorm(width)
         # separate projections (not a packed in-projection) so W_q / W_k can be inspected and dropped on export
         self.q_proj, self.k_proj = nn.Linear(width, width), nn.Linear(width, width)
@@ -154,13 +165,14 @@ class CrossModalBlock(nn.Module):
         gamma, beta = self.gamma(a), self.beta(a)  # (B, M, D)
         gate = torch.sigmoid(self.gate(a))  # (B, M, 1): one scalar per token per image
         c = ctx.unsqueeze(0)  # (1, M, D), broadcast over the batch
-        modulated = (1 + gamma) * c + beta  # FiLM on the raw context (see VisPrompt: why not LN(C))
+        # FiLM on the raw context (see VisPrompt: why not LN(C)); the shift in the context's units (shift_scale)
+        modulated = (1 + gamma) * c + self.unit * beta
         if self.residual == "blend":
             out = c + gate * (modulated - c)
         else:
             out = c + gate * modulated
         if self.ffn is not None:
-            out = out + self.ffn(self.ln_ffn(out))
+            out = out + self.unit * self.ffn(self.ln_ffn(out))
         if parts:
             return out, {"attn": a, "gamma": gamma, "beta": beta, "gate": gate}
         return out
@@ -174,10 +186,10 @@ class VisPrompt(PromptMethod):
 
         z  = image_project(normalize(image tokens))         (B, T, D)   Linear E -> D
         A  = MHA(q = LN_ctx(C), k = v = LN_img(z))          (B, M, D)   C: (M, D) learned, starts as the template
-        C~ = (1 + gamma(A)) * C + beta(A)                   FiLM, token-wise
+        C~ = (1 + gamma(A)) * C + s * beta(A)               FiLM, token-wise; s: word-embedding RMS
         g  = sigmoid(gate(A))                               (B, M, 1)
         C' = C + g * (C~ - C)          [residual='blend']   or  C + g * C~   [residual='add']
-        Ĉ  = C' + FFN(LN_ffn(C'))                           pre-LN, hidden max(4D, 256), GELU, dropout
+        Ĉ  = C' + s * FFN(LN_ffn(C'))                       pre-LN, hidden max(4D, 256), GELU, dropout
         logits_bk = logit_scale * cos(f_b, text([SOS] Ĉ_b name_k . [EOT]))
 
     Decisions (why: docs/visprompt.md): keys/values are the pooled embedding plus the patch tokens (the paper's
@@ -204,12 +216,12 @@ class VisPrompt(PromptMethod):
         self.prompt = PromptLearner(backbone, classnames, cfg.n_ctx, cfg.ctx_init)
         width = backbone.text.width
         self.image_project = nn.Linear(backbone.embed_dim, width)
+        # the RMS of the frozen embeddings after the context (names, '.', [EOT]): the scale the prompt lives at
+        unit = float(self.prompt.token_suffix.float().pow(2).mean().sqrt()) if cfg.shift_scale == "embedding" else 1.0
         self.block = CrossModalBlock(width, resolve_heads(width, cfg.heads), cfg.residual, cfg.ffn, cfg.dropout,
-                                     cfg.zero_init)
+                                     cfg.zero_init, unit)
         self.scale = backbone.logit_scale
-        self._clean: torch.Tensor | None = None  # (N,) bool OT split of the current epoch; None = CE everywhere
-        self._pseudo: torch.Tensor | None = None  # (N,) the OT plan's labels of the current epoch
-        self._pseudo_from_labels = False  # this epoch's split was scored by the given labels' prototypes
+        self._split: EpochSplit | None = None  # the current epoch's OT split; None = CE everywhere
 
     @property
     def needs_tokens(self) -> bool:  # type: ignore[override]  # depends on the config (kv)
@@ -250,19 +262,18 @@ class VisPrompt(PromptMethod):
     # --- training ---------------------------------------------------------------------------------------------
     def loss(self, logits: torch.Tensor, target: torch.Tensor, batch: FeatureBatch) -> dict[str, torch.Tensor]:
         ce_i = ce(logits, target, reduction="none")  # (B,)
-        if self._clean is None or batch.index is None:
+        split = self._split
+        if split is None or batch.index is None:
             return {"loss": ce_i.mean()}
-        clean = self._clean.to(logits.device)[batch.index.to(logits.device)]  # (B,) bool
+        index = batch.index.to(logits.device)
+        clean = split.clean.to(logits.device)[index]  # (B,) bool
         noisy_to = target
-        to_pseudo = self.cfg.noisy_target == "ot" or (self.cfg.noisy_target == "auto" and self._pseudo_from_labels)
-        if to_pseudo and self._pseudo is not None:
-            noisy_to = self._pseudo.to(logits.device)[batch.index.to(logits.device)]
+        if self.cfg.noisy_target == "ot" or (self.cfg.noisy_target == "auto" and split.by_prototypes):
+            noisy_to = split.pseudo.to(logits.device)[index]
         gce_i = gce(logits, noisy_to, self.cfg.gce_q, reduction="none")
         return {"loss": torch.where(clean, ce_i, gce_i).mean(), "clean_frac": clean.float().mean()}
 
     def epoch_start(self, ctx: dict[str, Any]) -> dict[str, float]:
         """Global OT split of the training set under the current model (centre views); returns its metrics."""
-        split = epoch_split(self, ctx, self.cfg) if self.cfg.ot else None
-        self._clean, self._pseudo, metrics = split if split is not None else (None, None, {})
-        self._pseudo_from_labels = metrics.get("ot_scorer_prototypes", 0.0) == 1.0
-        return metrics
+        self._split = epoch_split(self, ctx, self.cfg) if self.cfg.ot else None
+        return self._split.metrics if self._split is not None else {}

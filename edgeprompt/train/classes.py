@@ -44,7 +44,10 @@ def change_classes(run_dir: str | Path, out: str | Path, add: Sequence[str] = ()
     target = guard_output(out, "run directory", {"the run directory": run_dir, **run_data(run_dir)},
                           overwrite=overwrite)
     run = load_run(run_dir)
-    method, opts = run.manifest.method, dict(run.manifest.extra.get("method_config", {}))
+    from edgeprompt.methods.base import stored_options
+
+    method = run.manifest.method
+    opts = stored_options(method, dict(run.manifest.extra.get("method_config", {})))
     if method not in SHARED_CONTEXT:
         raise ConfigError(f"{method} computes its context per image, so its class rows are not constants: tune it "
                           f"again with the new classes (shared-context methods can change classes: "
