@@ -533,7 +533,7 @@ COOP_LR = 0.002  # CoOp's paper rate (SGD, batch 32): every method's under the p
 # The default protocol's learning rate per method (50 epochs from the template), chosen on world v3.1 over data seeds
 # 0-2 with benchmarks/noisy_defaults.py; docs/defaults.md has the grid and why. Keys are a method, or METHOD+csc for
 # its class-specific context (C contexts, each seeing 1/C of the gradient) where that needs another rate.
-METHOD_LR: dict[str, float] = {"coop": 0.005, "dspt": 0.02, "nlprompt": 0.01, "visprompt": 0.005}
+METHOD_LR: dict[str, float] = {"coop": 0.005, "dspt": 0.02, "nlprompt": 0.01, "visprompt": 0.01}
 SMALL_IMAGE_SIDE = 160  # images whose shorter side is below this get SMALL_IMAGE_CROP (docs/defaults.md)
 SMALL_IMAGE_CROP = 0.5
 COOP_CROP = 0.08  # CoOp's random-resized-crop scale, for photos

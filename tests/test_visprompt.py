@@ -241,7 +241,8 @@ def test_ot_split_drives_the_loss(tiny_backbone) -> None:  # noqa: ANN001
     from edgeprompt.train.trainer import TrainSet
 
     torch.manual_seed(0)
-    m = create_method("visprompt", tiny_backbone, CLASSES[:3], dropout=0.0, noisy_target="auto")
+    m = create_method("visprompt", tiny_backbone, CLASSES[:3], dropout=0.0, noisy_target="auto", gce_q=0.5,
+                      ot_scorer="model")
     batch = feats(tiny_backbone, b=6)
     true = torch.tensor([0, 1, 2, 0, 1, 2])
     given = torch.tensor([0, 1, 2, 1, 2, 0])
@@ -273,10 +274,14 @@ def test_ot_split_drives_the_loss(tiny_backbone) -> None:  # noqa: ANN001
     to_pseudo = torch.where(clean, -p_y.log(), 2 * (1 - (p_t + 1e-6).sqrt())).mean()
     assert torch.allclose(m.loss(logits, given, batch)["loss"], to_pseudo, atol=1e-6)
     assert not torch.allclose(to_pseudo, expected)
-    fixed = create_method("visprompt", tiny_backbone, CLASSES[:3], dropout=0.0)
+    fixed = create_method("visprompt", tiny_backbone, CLASSES[:3], dropout=0.0, gce_q=0.5)
     fixed.load_state_dict(m.state_dict())
     fixed._split = m._split
     assert torch.allclose(fixed.loss(logits, given, batch)["loss"], expected, atol=1e-6)
+    mae = create_method("visprompt", tiny_backbone, CLASSES[:3], dropout=0.0, noisy_target="given")  # default q = 1
+    mae._split = EpochSplit(clean, true, by_prototypes=True)
+    assert torch.allclose(mae.loss(logits, given, batch)["loss"], torch.where(clean, -p_y.log(), 1 - p_y).mean(),
+                          atol=1e-5)  # NLPrompt's loss: MAE (1 - p_y) on the rest
     m3 = create_method("visprompt", tiny_backbone, CLASSES[:3], dropout=0.0, ot_scorer="prototypes")
     m3.epoch_start({"data": data, "device": torch.device("cpu"), "epoch": 0})
     assert m3._split is not None and m3._split.by_prototypes  # the flag follows the split's scorer

@@ -5,8 +5,9 @@ Per image b the M learned context tokens C attend to the image's tokens, are mod
 encoder runs once per (image, class) pair. That is exact and fast here because the ``[SOS] + Ĉ_b`` prefix is
 encoded once per image and shared by all classes (``TextEncoder.forward_shared``), and sequences are truncated to
 the longest real prompt. Before each epoch a global Sinkhorn OT over the whole training set splits the samples:
-clean ones train with CE, the others with GCE on their given label (research/visprompt.md §2), or, with
-``noisy_target='auto'`` where the given labels' prototypes scored the split (``ot_scorer``), on its pseudo-label.
+clean ones train with CE, the others with GCE(q) on their given label (research/visprompt.md §2; q = 1, i.e. MAE,
+by default, NLPrompt's loss there), or, with ``noisy_target='auto'`` where the given labels' prototypes scored the
+split (``ot_scorer``), on its pseudo-label.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ class VisPromptConfig:
     # embeddings beside the context, so a block at LayerNorm scale moves the prompt by about one word embedding, not
     # ~50 (the blow-up that stalled 1 run in 3: docs/visprompt.md) | none (released code: unit scale)
     shift_scale: str = "embedding"
-    gce_q: float = 0.5  # GCE's q on the OT-noisy samples
+    # GCE's q on the OT-noisy samples: 1 = MAE (1 - p), NLPrompt's loss there (default, on evidence:
+    # docs/visprompt.md); 0.5 is the released code's (--protocol paper)
+    gce_q: float = 1.0
     ot: bool = True  # per-epoch OT split (False: CE on every sample)
     ot_eps: float = 0.01  # Sinkhorn entropic regularisation
     ot_iters: int = 1000  # Sinkhorn iteration cap
@@ -69,10 +72,9 @@ class VisPromptConfig:
     # > 0: the split's class floor (methods/ot.py class_floor); off: at 1 it stalled clean runs (docs/visprompt.md)
     ot_floor: float = 0.0
     ot_views: str = "centre"  # the split scores centre views (ours) | augmented (one random cached view, released)
-    # what scores each split: model (released code; default) | auto (the given labels' leave-one-out prototypes where
-    # they agree with the labels more than the model does, NLPrompt's default) | prototypes. Not VisPrompt's default:
-    # with them its clean-label runs stalled on 2 seeds of 3 (51.0, 56.5), methods/ot.py, docs/visprompt.md
-    ot_scorer: str = "model"
+    # what scores each split: auto (default, as NLPrompt: the given labels' leave-one-out prototypes where they agree
+    # with the labels more than the model does, methods/ot.py) | model (released code, --protocol paper) | prototypes
+    ot_scorer: str = "auto"
     # GCE on the OT-noisy samples towards: given (their given label, released code; default) | ot (the OT
     # pseudo-label) | auto: the pseudo-label when the labels' prototypes scored the split (80-96 % right on world
     # v3.1), the given label when the model did (its own pseudo-labels would confirm it); docs/visprompt.md
@@ -195,12 +197,14 @@ class VisPrompt(PromptMethod):
     Decisions (why: docs/visprompt.md): keys/values are the pooled embedding plus the patch tokens (the paper's
     figure; ``kv='pooled'`` is the released code); the figure's blend residual; FiLM on the raw context
     (``zero_init=True`` zero-initialises the FiLM and FFN output layers, so step 0 is exactly CoOp; the default
-    keeps PyTorch's inits, as the released code); one global
-    log-domain Sinkhorn per epoch on centre views (the released code's is per mini-batch, on augmented views),
-    scored by the model (``ot_scorer='auto'`` lets the given labels' prototypes score it where they agree with the
-    labels more). Loss: CE on OT-clean samples, GCE(q) on the others, mixed per batch; the GCE target is the given
-    label, or the pseudo-label where the prototypes scored the split (``noisy_target='auto'``). No OT at
-    inference; not foldable (export keeps the adapter and the text encoder in the graph).
+    keeps PyTorch's inits, as the released code) with its shift in word-embedding units (``shift_scale``); one
+    global log-domain Sinkhorn per epoch on centre views (the released code's is per mini-batch, on augmented
+    views), scored as NLPrompt's (``ot_scorer='auto'``: the given labels' prototypes where they agree with the
+    labels more than the model, else the model, the released code's ``'model'``). Loss: CE on OT-clean samples,
+    GCE(q) on the others (q = 1, MAE, by default; the released 0.5 under ``--protocol paper``), mixed per batch;
+    the GCE target is the given label, or the pseudo-label where the prototypes scored the split
+    (``noisy_target='auto'``). No OT at inference; not foldable (export keeps the adapter and the text encoder in
+    the graph).
     """
 
     name = "visprompt"
