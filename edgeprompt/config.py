@@ -561,10 +561,13 @@ def resolve_tune(cfg: TuneConfig, image_side: int | None, option_names: Sequence
     check_protocol(cfg.protocol)
     proto = PROTOCOLS[cfg.protocol]
     given = cfg.options
-    # a protocol option applies where the method has it; "METHOD.KEY" only to that method
-    scoped = [(k.partition(".")[2] if "." in k else k, v) for k, v in proto.method_options
-              if "." not in k or k.partition(".")[0] == cfg.method]
-    opts = {**{k: v for k, v in scoped if k in option_names and k not in given}, **given}
+    # a protocol option applies where the method has it; "METHOD.KEY" only to that method (as --opt parses it)
+    scoped: dict[str, Any] = {}
+    for key, value in proto.method_options:
+        owner, _, name = key.rpartition(".")
+        if owner in ("", cfg.method):
+            scoped[name] = value
+    opts = {**{k: v for k, v in scoped.items() if k in option_names and k not in given}, **given}
     train_cfg = cfg.train_cfg
     if train_cfg.epochs is None:
         train_cfg = dataclasses.replace(train_cfg, epochs=proto.epochs)

@@ -282,14 +282,14 @@ def epoch_split(method: Any, ctx: dict[str, Any], cfg: OTOptions) -> EpochSplit 
     given = data.labels.to(device)
     log_probs = logits.to(device).log_softmax(-1).double()
     metrics: dict[str, float] = {}
-    use = False
+    by_prototypes = False
     if cfg.ot_scorer != "model":  # the given labels' prototypes score the split where they agree with them more
         centre = data.eval_pooled if data.eval_pooled is not None else data.pooled.mean(1)
         proto = prototype_log_probs(centre.to(device), given, log_probs.shape[1], float(method.scale))
         ours, theirs = agreement(log_probs, given), agreement(proto, given)
-        use = cfg.ot_scorer == "prototypes" or theirs > ours
-        metrics.update(ot_scorer_prototypes=float(use), ot_agree_model=ours, ot_agree_prototypes=theirs)
-        if use:
+        by_prototypes = cfg.ot_scorer == "prototypes" or theirs > ours
+        metrics.update(ot_scorer_prototypes=float(by_prototypes), ot_agree_model=ours, ot_agree_prototypes=theirs)
+        if by_prototypes:
             log_probs = proto
     clean, pseudo, info = ot_split(log_probs, given, cfg.ot_eps, cfg.ot_iters)
     if cfg.ot_floor > 0:
@@ -302,7 +302,7 @@ def epoch_split(method: Any, ctx: dict[str, Any], cfg: OTOptions) -> EpochSplit 
         q = split_quality(clean, true == given)
         metrics.update(ot_precision=q["precision"], ot_recall=q["recall"], ot_noisy_precision=q["noisy_precision"],
                        ot_noisy_recall=q["noisy_recall"], ot_pseudo_acc=float((pseudo == true).double().mean()))
-    return EpochSplit(clean, pseudo, use, metrics)
+    return EpochSplit(clean, pseudo, by_prototypes, metrics)
 
 
 def split_quality(clean_mask: torch.Tensor, true_clean_mask: torch.Tensor) -> dict[str, float]:
